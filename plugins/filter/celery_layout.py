@@ -1,0 +1,380 @@
+"""Cross-variable rules of a Celery layout, checked before any host is changed.
+
+`celery_layout_errors` returns a list of messages, each naming the queue, group or host at
+fault and the fix; an empty list means the layout is sound.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from fnmatch import fnmatchcase
+from typing import Any
+
+GROUP_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+POOLS = ("prefork", "threads", "solo", "gevent", "eventlet")
+POSITIVE = (
+    "concurrency",
+    "prefetch_multiplier",
+    "max_tasks_per_child",
+    "max_memory_per_child",
+    "stop_timeout",
+)
+# Values that mark a sample secret: inventories/example's placeholders and the sandbox's.
+PLACEHOLDERS = ("change-me", "changeme", "not-secret", "sandbox-")
+
+
+def _consumers(layout: Mapping[str, Iterable[Mapping[str, Any]]]) -> dict[str, list[str]]:
+    """Queue name -> ["host/group", ...] of the groups that consume it."""
+    consumers: dict[str, list[str]] = {}
+    for host, groups in layout.items():
+        for group in groups:
+            for queue in group.get("queues") or []:
+                consumers.setdefault(queue, []).append(f"{host}/{group.get('name')}")
+    return consumers
+
+
+def layout_errors(
+    layout: Mapping[str, Iterable[Mapping[str, Any]]],
+    beat_hosts: Iterable[str],
+    queues: Iterable[str],
+    routes: Mapping[str, str],
+) -> list[str]:
+    """Check a layout. `layout` maps each worker host to its worker groups."""
+    layout = {host: list(groups) for host, groups in layout.items()}
+    declared = list(queues)
+    errors: list[str] = []
+    consumers = _consumers(layout)
+
+    for pattern, queue in routes.items():
+        if queue not in declared:
+            errors.append(
+                f"celery_app_routes sends '{pattern}' to queue '{queue}', which the app does not "
+                f"declare (celery_app_queues: {', '.join(declared)}): fix the route or declare "
+                "the queue."
+            )
+        elif queue not in consumers:
+            errors.append(
+                f"queue '{queue}' has no consumer: celery_app_routes sends '{pattern}' there but "
+                "no worker group in celery_workers_groups consumes it, so those tasks would wait "
+                f"forever. Add '{queue}' to the queues of a group, or route '{pattern}' elsewhere."
+            )
+
+    for host, groups in layout.items():
+        for group in groups:
+            name = group.get("name")
+            consumed = list(group.get("queues") or [])
+            if not consumed:
+                errors.append(
+                    f"worker group '{name}' on {host} consumes no queue: give it queues in "
+                    "celery_workers_groups or remove the group."
+                )
+                continue
+            unknown = [q for q in consumed if q not in declared]
+            if unknown:
+                errors.append(
+                    f"worker group '{name}' on {host} consumes {', '.join(map(repr, unknown))}, "
+                    f"not declared by the app (celery_app_queues: {', '.join(declared)}): fix the "
+                    "queue name in celery_workers_groups or declare the queue."
+                )
+
+    beat = sorted(beat_hosts)
+    if len(beat) == 0 and layout:
+        errors.append(
+            "no host runs beat, so no periodic task is ever sent: set "
+            "celery_workers_beat_enabled: true on exactly one host of celery_workers."
+        )
+    elif len(beat) > 1:
+        errors.append(
+            f"beat is enabled on {len(beat)} hosts ({', '.join(beat)}): every periodic task would "
+            "run that many times. Set celery_workers_beat_enabled: false on all of them but one."
+        )
+    return errors
+
+
+def celery_layout_errors(
+    worker_hosts: Iterable[str],
+    hostvars: Mapping[str, Mapping[str, Any]],
+    queues: Iterable[str],
+    routes: Mapping[str, str],
+    default_groups: Iterable[Mapping[str, Any]],
+    default_beat: bool = True,
+) -> list[str]:
+    """Ansible entry point: read each worker host's layout from hostvars (role defaults apply)."""
+    layout: dict[str, list[Mapping[str, Any]]] = {}
+    beat_hosts = []
+    for host in worker_hosts:
+        hv = hostvars[host]
+        layout[host] = list(hv.get("celery_workers_groups", default_groups))
+        if _truthy(hv.get("celery_workers_beat_enabled", default_beat)):
+            beat_hosts.append(host)
+    return layout_errors(layout, beat_hosts, queues, routes)
+
+
+def app_report_errors(
+    report: Mapping[str, Any],
+    layout: Mapping[str, Iterable[Mapping[str, Any]]],
+    queues: Iterable[str] | None = None,
+    longest_countdown: int = 0,
+    routes: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Check the real app (as inspect_app.py reports it) against the layout that will run it.
+
+    `layout` maps each worker host to its groups; `queues` and `routes` are celery_app_queues
+    and celery_app_routes from the inventory (None skips them); `longest_countdown` is
+    celery_app_longest_countdown.
+    """
+    layout = {host: list(groups) for host, groups in layout.items()}
+    consumers = _consumers(layout)
+    tasks: Mapping[str, Mapping[str, Any]] = report["tasks"]
+    errors: list[str] = []
+
+    declared = list(report["declared_queues"])
+    if queues is not None and sorted(queues) != sorted(declared):
+        errors.append(
+            f"celery_app_queues ({', '.join(queues)}) differs from the queues the app declares "
+            f"({', '.join(declared)}): set celery_app_queues to the app's task_queues."
+        )
+    for pattern in report["route_patterns"]:
+        if not any(fnmatchcase(name, pattern) for name in tasks):
+            errors.append(
+                f"the app's route '{pattern}' matches no registered task: its tasks fall into "
+                f"'{report['default_queue']}' instead. Fix the pattern in the app's task_routes "
+                "(a typo in a module name?) or remove it."
+            )
+    for pattern in routes or {}:
+        if not any(fnmatchcase(name, pattern) for name in tasks):
+            errors.append(
+                f"celery_app_routes pattern '{pattern}' matches no task the app registers, so "
+                f"the tasks meant for it land in '{report['default_queue']}': fix the pattern "
+                "(celery_app_routes mirrors the app's task_routes)."
+            )
+    used = {t.get("queue") for t in tasks.values()} | {report["default_queue"]}
+    for queue, where in sorted(consumers.items()):
+        if queue in declared and queue not in used:
+            errors.append(
+                f"queue '{queue}' is consumed by {', '.join(where)} but no task of the app "
+                "lands there: those workers idle. Route tasks to it or drop it from the groups."
+            )
+    for name, task in tasks.items():
+        queue = task.get("queue")
+        if queue is None:
+            errors.append(f"task {name} cannot be routed: {task.get('error')}. Fix its route.")
+        elif queue not in consumers:
+            errors.append(
+                f"task {name} lands in queue '{queue}', which no worker group consumes: add "
+                f"'{queue}' to a group's queues in celery_workers_groups, or route the task "
+                "elsewhere."
+            )
+    for entry, name in report["beat"].items():
+        if name not in tasks:
+            errors.append(
+                f"beat entry '{entry}' sends '{name}', which the app does not register: every "
+                "run would fail. Fix the task name in the app's beat_schedule."
+            )
+
+    limits = {name: int(t["time_limit"]) for name, t in tasks.items() if t.get("time_limit")}
+    if limits:
+        longest = max(limits.values())
+        needed = longest + int(longest_countdown)
+        if int(report["visibility_timeout"]) <= needed:
+            errors.append(
+                f"the broker's visibility_timeout ({report['visibility_timeout']} s) is not "
+                f"longer than the longest task time limit ({longest} s, "
+                f"{max(limits, key=limits.get)}) plus the longest countdown "
+                f"(celery_app_longest_countdown: {longest_countdown} s): such a task would be "
+                "delivered again while it runs. Raise the app's broker_transport_options "
+                f"visibility_timeout above {needed} s."
+            )
+    for host, groups in layout.items():
+        for group in groups:
+            own = [
+                n for n, lim in limits.items() if tasks[n].get("queue") in group.get("queues", [])
+            ]
+            if not own:
+                continue
+            slowest = max(own, key=limits.get)
+            if int(group.get("stop_timeout", 0)) < limits[slowest]:
+                errors.append(
+                    f"worker group '{group.get('name')}' on {host} has stop_timeout "
+                    f"{group.get('stop_timeout')} s, shorter than the time limit of {slowest} "
+                    f"({limits[slowest]} s) that it runs: a stop or deploy would kill that task. "
+                    f"Set its stop_timeout to at least {limits[slowest]}."
+                )
+    return errors
+
+
+def group_errors(host: str, groups: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Each worker group's own fields: a usable name, a known pool, positive numbers."""
+    errors: list[str] = []
+    names: list[str] = []
+    for group in groups:
+        name = str(group.get("name", ""))
+        names.append(name)
+        where = f"worker group '{name}' on {host} (celery_workers_groups)"
+        if not GROUP_NAME.match(name):
+            errors.append(
+                f"{where}: the name must be lowercase letters, digits, '-' or '_', starting "
+                "with a letter, at most 32 characters: it names a systemd instance "
+                f"(<app>-worker@{name}.service) and the worker's node name."
+            )
+        pool = group.get("pool", "prefork")
+        if pool not in POOLS:
+            errors.append(f"{where}: pool '{pool}' is not one of {', '.join(POOLS)}.")
+        for key in POSITIVE:
+            value = group.get(key)
+            try:
+                ok = int(value) > 0 and str(int(value)) == str(value).strip()
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                errors.append(f"{where}: {key} must be a whole number above 0, not {value!r}.")
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        errors.append(
+            f"worker group '{name}' appears twice on {host}: give each group its own name."
+        )
+    return errors
+
+
+def secret_errors(host: str, secrets: Mapping[str, tuple[Any, int]], sandbox: bool) -> list[str]:
+    """Secrets (name -> (value, minimum length)) a host needs, never left at a sample value
+    outside the sandbox."""
+    errors: list[str] = []
+    for name, (value, minimum) in secrets.items():
+        text = "" if value is None else str(value)
+        if len(text) < minimum:
+            errors.append(
+                f"{name} on {host} is {'empty' if not text else 'too short'}: set it (at least "
+                f"{minimum} characters) in the inventory, encrypted with ansible-vault."
+            )
+        elif not sandbox and any(marker in text.lower() for marker in PLACEHOLDERS):
+            errors.append(
+                f"{name} on {host} still holds a sample value: replace it with a real secret "
+                "(and ansible-vault encrypt the file it lives in)."
+            )
+    return errors
+
+
+def celery_inventory_errors(
+    groups: Mapping[str, Iterable[str]],
+    hostvars: Mapping[str, Mapping[str, Any]],
+    default_groups: Iterable[Mapping[str, Any]],
+) -> list[str]:
+    """Ansible entry point: worker groups' fields and every host's secrets.
+
+    `groups` is Ansible's groups (broker, celery_workers, flower)."""
+    errors: list[str] = []
+    default_groups = list(default_groups)
+    for host in groups.get("celery_workers", []):
+        errors += group_errors(host, hostvars[host].get("celery_workers_groups", default_groups))
+    needs: dict[str, dict[str, int]] = {}
+    for host in groups.get("broker", []):
+        needs.setdefault(host, {})["redis_password"] = 16
+    for host in groups.get("celery_workers", []):
+        needs.setdefault(host, {})["celery_app_broker_url"] = 10
+    for host in groups.get("flower", []):
+        needs.setdefault(host, {}).update(flower_basic_auth_user=1, flower_basic_auth_password=12)
+    for host, names in needs.items():
+        hv = hostvars[host]
+        sandbox = _truthy(hv.get("celery_toolkit_sandbox", False))
+        errors += secret_errors(host, {n: (hv.get(n), m) for n, m in names.items()}, sandbox)
+    return errors
+
+
+def celery_route_queue(task_name: str, routes: Mapping[str, str], default: str = "default") -> str:
+    """The queue a task name lands in under a glob routing table (first match wins)."""
+    for pattern, queue in routes.items():
+        if fnmatchcase(task_name, pattern):
+            return queue
+    return default
+
+
+def celery_single_layout(
+    groups: Iterable[Mapping[str, Any]], queues: Iterable[str], name: str = "all"
+) -> list[dict[str, Any]]:
+    """The incident layout: one group consuming every declared queue, derived from the split one.
+
+    It gets the split groups' total concurrency (the host keeps its capacity), prefetch 1 (long
+    and short tasks share it), the smallest per-child task limit, the largest per-child memory
+    limit and the longest stop timeout (a stop still lets the longest task finish).
+    """
+    groups = list(groups)
+    queues = list(queues)
+    if not groups:
+        raise ValueError("celery_workers_groups is empty: there is no layout to derive from")
+    if not queues:
+        raise ValueError("celery_app_queues is empty: the single worker would consume nothing")
+    pools = {g.get("pool", "prefork") for g in groups}
+    return [
+        {
+            "name": name,
+            "queues": queues,
+            "concurrency": sum(int(g["concurrency"]) for g in groups),
+            "pool": pools.pop() if len(pools) == 1 else "prefork",
+            "prefetch_multiplier": 1,
+            "max_tasks_per_child": min(int(g["max_tasks_per_child"]) for g in groups),
+            "max_memory_per_child": max(int(g["max_memory_per_child"]) for g in groups),
+            "stop_timeout": max(int(g["stop_timeout"]) for g in groups),
+        }
+    ]
+
+
+def celery_app_report_errors(
+    report: Mapping[str, Any],
+    worker_hosts: Iterable[str],
+    hostvars: Mapping[str, Mapping[str, Any]],
+    default_groups: Iterable[Mapping[str, Any]],
+    queues: Iterable[str] | None = None,
+    longest_countdown: int = 0,
+    routes: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Ansible entry point of app_report_errors: the layout is read from hostvars."""
+    layout = {
+        h: list(hostvars[h].get("celery_workers_groups", default_groups)) for h in worker_hosts
+    }
+    return app_report_errors(report, layout, queues, longest_countdown, routes)
+
+
+def celery_private_addresses(
+    hosts: Iterable[str], hostvars: Mapping[str, Mapping[str, Any]]
+) -> list[str]:
+    """Each host's private address: celery_private_address when the inventory sets it, else
+    ansible_host when it is an IP address, else the address of its default route from facts."""
+    addresses = []
+    for host in hosts:
+        hv = hostvars[host]
+        ansible_host = str(hv.get("ansible_host") or "")
+        address = (
+            hv.get("celery_private_address")
+            or (
+                ansible_host
+                if re.fullmatch(r"[0-9.]+|[0-9a-fA-F:]+:[0-9a-fA-F:]*", ansible_host)
+                else None
+            )
+            or ((hv.get("ansible_facts") or {}).get("default_ipv4") or {}).get("address")
+        )
+        if not address:
+            raise ValueError(
+                f"no private address known for {host}: set celery_private_address for it in the "
+                "inventory (facts gave no default IPv4 address)"
+            )
+        addresses.append(str(address))
+    return addresses
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in {"1", "true", "yes", "on"}
+    return bool(value)
+
+
+class FilterModule:
+    def filters(self) -> dict[str, Any]:
+        return {
+            "celery_layout_errors": celery_layout_errors,
+            "celery_route_queue": celery_route_queue,
+            "celery_single_layout": celery_single_layout,
+            "celery_app_report_errors": celery_app_report_errors,
+            "celery_inventory_errors": celery_inventory_errors,
+            "celery_private_addresses": celery_private_addresses,
+        }
