@@ -1,0 +1,87 @@
+"""The deployed stack as its user sees it: units, file modes, hardening, verify.yml."""
+
+import json
+import re
+
+import pytest
+
+from playbook_runner import run_playbook
+
+UNITS = ["refapp-worker@fast", "refapp-worker@slow", "refapp-beat", "refapp-flower"]
+
+
+@pytest.mark.parametrize("unit", [*UNITS, "redis-server", "refapp.target"])
+def test_unit_enabled_and_active(host, unit):
+    service = host.service(unit)
+    assert service.is_enabled, f"{unit} is not enabled"
+    assert service.is_running, f"{unit} is not active"
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_unit_security_score_at_most_2(host, unit):
+    out = host.check_output(f"systemd-analyze security {unit}.service | tail -1")
+    score = float(re.search(r"exposure level for .*: (\d+\.\d+)", out).group(1))
+    assert score <= 2.0, out
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_workers_stop_warmly(host, unit):
+    props = host.check_output(f"systemctl show -p KillMode -p KillSignal -p Restart {unit}.service")
+    assert "KillMode=mixed" in props
+    assert "KillSignal=15" in props
+    assert "Restart=always" in props
+
+
+def test_slow_group_waits_for_long_tasks(host):
+    out = host.check_output("systemctl show -p TimeoutStopUSec refapp-worker@slow.service")
+    assert out == "TimeoutStopUSec=32min"
+
+
+@pytest.mark.parametrize(
+    ("path", "owner", "group", "mode"),
+    [
+        ("/etc/refapp", "root", "refapp", 0o750),
+        ("/etc/refapp/refapp.env", "root", "refapp", 0o640),
+        ("/etc/refapp/flower.env", "root", "refapp", 0o640),
+        ("/etc/refapp/worker-fast.env", "root", "refapp", 0o640),
+        ("/usr/local/sbin/refapp-run", "root", "root", 0o750),
+    ],
+)
+def test_secret_files_are_not_world_readable(host, path, owner, group, mode):
+    f = host.file(path)
+    assert (f.user, f.group, f.mode) == (owner, group, mode)
+
+
+def test_current_points_at_a_complete_release(host):
+    current = host.file("/opt/refapp/current")
+    assert current.is_symlink
+    release = json.loads(host.file(current.linked_to + "/RELEASE").content_string)
+    assert current.linked_to.endswith("/" + release["id"])
+
+
+def test_processes_run_as_the_app_user(host):
+    users = host.check_output("ps -o user= -C celery | sort -u")
+    assert users.split() == ["refapp"]
+
+
+def test_flower_listens_on_loopback_only(host):
+    sockets = [s for s in host.socket.get_listening_sockets() if s.endswith(":5555")]
+    assert sockets and all(s.startswith("tcp://127.0.0.1:") for s in sockets), sockets
+
+
+def test_flower_credentials_are_not_on_the_command_line(host):
+    assert "sandbox-flower-password" not in host.check_output("ps -eo args")
+
+
+def test_verify_playbook_passes():
+    """playbooks/verify.yml: pings, active queues, one probe per queue run by the right group."""
+    proc, _ = run_playbook("verify.yml")
+    # the YAML callback may fold a long line: whitespace between tokens may include a newline
+    out = proc.stdout
+    assert re.search(r"probe\s+low\s+ran\s+on\s+slow@celery-toolkit-default\s", out)
+    assert re.search(r"probe\s+high\s+ran\s+on\s+fast@celery-toolkit-default\s", out)
+    assert re.search(r"probe\s+default\s+ran\s+on\s+fast@celery-toolkit-default\s", out)
+    assert re.search(r"worker\s+fast@celery-toolkit-default\s+pong\s+queues\s+default,high\s", out)
+    assert re.search(r"worker\s+slow@celery-toolkit-default\s+pong\s+queues\s+low\s", out)
+    assert re.search(r"layout\s+split\s", out)
+    assert re.search(r"beat\s+celery-toolkit-default\s", out)

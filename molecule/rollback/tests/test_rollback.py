@@ -1,0 +1,182 @@
+"""rollback.yml and the way back, under load: no task lost, none run twice.
+
+The tests run in file order and share the deployed host: split -> single -> split.
+"""
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from playbook_runner import ROOT, run_playbook
+
+FIGURES = Path(__file__).resolve().parents[3] / ".cache" / "rollback-figures.json"
+# 300 fast tasks of 0.2 s keep the fast group (4 processes) busy ~15 s, across the switch;
+# 6 slow tasks of 4 s keep the slow group busy (one runs while rollback.yml stops it).
+N_FAST, N_SLOW, FAST_SECONDS, SLOW_SECONDS = 300, 6, 0.2, 4
+
+# Runs on the host as the app: send the load, or read the ledger and the queues.
+LOAD = """
+import json, sys
+from refapp import app
+from refapp.tasks.ledger import record_fast, record_slow
+prefix, n_fast, n_slow = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+fast_seconds, slow_seconds = float(sys.argv[4]), float(sys.argv[5])
+for i in range(n_slow):
+    record_slow.delay(f"{prefix}-slow-{i}", slow_seconds)
+for i in range(n_fast):
+    record_fast.delay(f"{prefix}-fast-{i}", fast_seconds)
+"""
+STATE = """
+import json, sys
+from refapp import app
+prefix = sys.argv[1]
+with app.connection_for_write() as conn:
+    client = conn.default_channel.client
+    ledger = {k.decode(): int(v) for k, v in client.hgetall("refapp:ledger").items()
+              if k.decode().startswith(prefix + "-")}
+    queued = {q: client.llen(q) for q in ("high", "default", "low")}
+print(json.dumps({"ledger": ledger, "queued": queued}))
+"""
+
+
+def as_app(host, script, *args):
+    quoted = " ".join(f"'{a}'" for a in args)
+    return host.check_output(f"refapp-run python -c '{script.replace(chr(39), chr(34))}' {quoted}")
+
+
+def playbook(name, *extra):
+    proc, seconds = run_playbook(name, *extra)
+    return proc.stdout, seconds
+
+
+def state(host, prefix):
+    return json.loads(as_app(host, STATE, prefix))
+
+
+def wait_until_all_ran(host, prefix, expected, timeout=240):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = state(host, prefix)
+        if len(now["ledger"]) >= expected and not any(now["queued"].values()):
+            time.sleep(3)  # a duplicate would show up now, not later
+            return state(host, prefix)
+        time.sleep(2)
+    return state(host, prefix)
+
+
+def switch_under_load(host, prefix, name, *extra):
+    as_app(host, LOAD, prefix, str(N_FAST), str(N_SLOW), str(FAST_SECONDS), str(SLOW_SECONDS))
+    time.sleep(1)  # the slow group has started a task
+    before = state(host, prefix)
+    out, seconds = playbook(name, *extra)
+    middle = state(host, prefix)
+    after = wait_until_all_ran(host, prefix, N_FAST + N_SLOW)
+    figures = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
+    figures[name + ":" + prefix] = {
+        "seconds": seconds,
+        "not_yet_run_at_start": N_FAST + N_SLOW - len(before["ledger"]),
+        "queued_at_start": before["queued"],
+        "not_yet_run_at_end": N_FAST + N_SLOW - len(middle["ledger"]),
+    }
+    FIGURES.parent.mkdir(exist_ok=True)
+    FIGURES.write_text(json.dumps(figures, indent=2))
+    return out, after
+
+
+def assert_exactly_once(after, prefix):
+    expected = {f"{prefix}-fast-{i}" for i in range(N_FAST)}
+    expected |= {f"{prefix}-slow-{i}" for i in range(N_SLOW)}
+    ledger = after["ledger"]
+    missing = sorted(expected - set(ledger))
+    twice = sorted(token for token, count in ledger.items() if count != 1)
+    assert not missing, f"{len(missing)} tasks never ran: {missing[:10]}"
+    assert not twice, f"{len(twice)} tasks ran more than once: {twice[:10]}"
+    assert set(ledger) == expected
+
+
+@pytest.fixture(scope="module")
+def rollback_run(host):
+    return switch_under_load(host, "rb", "rollback.yml")
+
+
+def test_rollback_under_load_runs_every_task_exactly_once(rollback_run):
+    out, after = rollback_run
+    assert re.search(r"layout\s+split \(fast, slow\)\s+-> single \(all\)", out)
+    assert_exactly_once(after, "rb")
+
+
+def test_single_worker_consumes_every_queue(host, rollback_run):
+    assert host.service("refapp-worker@all").is_running
+    for group in ("fast", "slow"):
+        assert not host.service(f"refapp-worker@{group}").is_running
+        assert not host.file(f"/etc/refapp/worker-{group}.env").exists
+    out, _ = playbook("verify.yml")
+    assert re.search(
+        r"worker\s+all@celery-toolkit-rollback\s+pong\s+queues\s+default,high,low\s", out
+    )
+    assert re.search(r"layout\s+single\s", out)
+    for queue in ("high", "default", "low"):
+        assert re.search(rf"probe\s+{queue}\s+ran\s+on\s+all@celery-toolkit-rollback\s", out)
+
+
+def test_second_rollback_changes_nothing(rollback_run):
+    out, _ = playbook("rollback.yml")
+    recap = [line for line in out.splitlines() if line.startswith("celery-toolkit-rollback")]
+    assert recap and "changed=0" in recap[-1], recap
+
+
+def test_deploy_returns_to_split_under_load_exactly_once(host, rollback_run):
+    out, after = switch_under_load(host, "back", "deploy.yml")
+    assert_exactly_once(after, "back")
+    assert not host.service("refapp-worker@all").is_running
+    verify, _ = playbook("verify.yml")
+    assert re.search(r"layout\s+split\s", verify)
+    assert re.search(r"probe\s+low\s+ran\s+on\s+slow@celery-toolkit-rollback\s", verify)
+    assert re.search(r"probe\s+high\s+ran\s+on\s+fast@celery-toolkit-rollback\s", verify)
+
+
+def test_beat_runs_once(host, rollback_run):
+    assert host.service("refapp-beat").is_running
+    # one beat process (a second beat would send every periodic task twice)
+    assert host.check_output("ps -eo args | grep -c '[c]elery -A refapp beat'") == "1"
+
+
+def test_rollback_to_previous_release_refused_with_one_release(rollback_run):
+    proc, _ = run_playbook(
+        "rollback.yml", "-e", "celery_app_rollback_to_previous=true", check=False
+    )
+    assert proc.returncode != 0
+    assert re.search(r"there\s+is\s+no\s+previous\s+release\s+to\s+return", proc.stdout)
+
+
+PROBE_RELEASE = """
+from refapp.tasks.probe import probe
+print(probe.apply_async(args=["release"], queue="low").get(timeout=60)["release"])
+"""
+
+
+def current_release(host):
+    return Path(host.file("/opt/refapp/current").linked_to).name
+
+
+def test_rollback_to_previous_release(host, rollback_run):
+    first = current_release(host)
+    defaults = yaml.safe_load((ROOT / "roles/celery_app/defaults/main.yml").read_text())
+    pins = defaults["celery_app_extra_requirements"] + ["six==1.17.0"]  # a new wheelhouse
+    playbook("deploy.yml", "-e", json.dumps({"celery_app_extra_requirements": pins}))
+    second = current_release(host)
+    assert second > first, "a new release sorts after the one before it"
+
+    out, _ = playbook("rollback.yml", "-e", "celery_app_rollback_to_previous=true")
+    assert re.search(rf"release\s+{second}\s+->\s+{first}\s", out)
+    assert current_release(host) == first
+    # the workers restarted on the previous release: a task says which release ran it
+    assert as_app(host, PROBE_RELEASE).strip().startswith(first + "-")
+
+    again, _ = playbook("rollback.yml", "-e", "celery_app_rollback_to_previous=true")
+    recap = [line for line in again.splitlines() if line.startswith("celery-toolkit-rollback")]
+    assert "changed=0" in recap[-1], recap

@@ -1,0 +1,162 @@
+"""Rules that check the real app (inspect_app.py's report) against the layout: pass and fail."""
+
+import copy
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from celery_layout import app_report_errors, celery_app_report_errors
+
+ROOT = Path(__file__).resolve().parent.parent
+LAYOUT = {
+    "vm1": [
+        {"name": "fast", "queues": ["high", "default"], "stop_timeout": 120},
+        {"name": "slow", "queues": ["low"], "stop_timeout": 1920},
+    ]
+}
+REPORT = {
+    "main": "shop",
+    "declared_queues": ["high", "default", "low"],
+    "default_queue": "default",
+    "route_patterns": ["shop.notify.*", "shop.heavy.*"],
+    "tasks": {
+        "shop.notify.sms": {"queue": "high", "time_limit": 60},
+        "shop.bg.resize": {"queue": "default", "time_limit": None},
+        "shop.heavy.scrape": {"queue": "low", "time_limit": 1800},
+    },
+    "beat": {"hourly-scrape": "shop.heavy.scrape"},
+    "visibility_timeout": 7200,
+}
+
+
+def broken(**changes):
+    report = copy.deepcopy(REPORT)
+    for key, value in changes.items():
+        report[key] = value
+    return report
+
+
+def test_sound_app_and_layout():
+    assert app_report_errors(REPORT, LAYOUT, ["high", "default", "low"]) == []
+
+
+def test_route_pattern_matching_no_task():
+    errors = app_report_errors(broken(route_patterns=["shop.notfy.*"]), LAYOUT)
+    assert errors == [
+        "the app's route 'shop.notfy.*' matches no registered task: its tasks fall into "
+        "'default' instead. Fix the pattern in the app's task_routes (a typo in a module "
+        "name?) or remove it."
+    ]
+
+
+def test_task_in_a_queue_nobody_consumes():
+    layout = {"vm1": LAYOUT["vm1"][:1]}
+    errors = app_report_errors(REPORT, layout)
+    assert len(errors) == 1
+    assert errors[0].startswith("task shop.heavy.scrape lands in queue 'low', which no worker")
+
+
+def test_task_that_cannot_be_routed():
+    tasks = copy.deepcopy(REPORT["tasks"])
+    tasks["shop.bg.resize"] = {"queue": None, "error": "QueueNotFound: 'urgent'"}
+    errors = app_report_errors(broken(tasks=tasks), LAYOUT)
+    assert errors == [
+        "task shop.bg.resize cannot be routed: QueueNotFound: 'urgent'. Fix its route."
+    ]
+
+
+def test_beat_entry_naming_an_unregistered_task():
+    errors = app_report_errors(broken(beat={"nightly": "shop.heavy.scrap"}), LAYOUT)
+    assert errors == [
+        "beat entry 'nightly' sends 'shop.heavy.scrap', which the app does not register: every "
+        "run would fail. Fix the task name in the app's beat_schedule."
+    ]
+
+
+def test_visibility_timeout_not_longer_than_longest_task():
+    errors = app_report_errors(broken(visibility_timeout=1800), LAYOUT)
+    assert len(errors) == 1
+    assert (
+        "visibility_timeout (1800 s) is not longer than the longest task time limit " in errors[0]
+    )
+    assert "(1800 s, shop.heavy.scrape)" in errors[0]
+
+
+def test_visibility_timeout_counts_the_longest_countdown():
+    assert app_report_errors(REPORT, LAYOUT, longest_countdown=5000) == []
+    errors = app_report_errors(REPORT, LAYOUT, longest_countdown=5400)
+    assert len(errors) == 1 and "above 7200 s" in errors[0]
+
+
+def test_stop_timeout_shorter_than_a_task_of_the_group():
+    layout = copy.deepcopy(LAYOUT)
+    layout["vm1"][1]["stop_timeout"] = 90
+    errors = app_report_errors(REPORT, layout)
+    assert errors == [
+        "worker group 'slow' on vm1 has stop_timeout 90 s, shorter than the time limit of "
+        "shop.heavy.scrape (1800 s) that it runs: a stop or deploy would kill that task. "
+        "Set its stop_timeout to at least 1800."
+    ]
+
+
+def test_inventory_queues_differ_from_the_app():
+    errors = app_report_errors(REPORT, LAYOUT, ["high", "default"])
+    assert errors == [
+        "celery_app_queues (high, default) differs from the queues the app declares "
+        "(high, default, low): set celery_app_queues to the app's task_queues."
+    ]
+
+
+def test_inventory_route_pattern_matching_no_task():
+    routes = {"shop.notify.*": "high", "shop.heavvy.*": "low"}
+    errors = app_report_errors(REPORT, LAYOUT, routes=routes)
+    assert errors == [
+        "celery_app_routes pattern 'shop.heavvy.*' matches no task the app registers, so the "
+        "tasks meant for it land in 'default': fix the pattern (celery_app_routes mirrors the "
+        "app's task_routes)."
+    ]
+
+
+def test_group_listening_to_a_queue_no_task_lands_in():
+    report = broken(declared_queues=["high", "default", "low", "bulk"])
+    layout = {"vm1": [*LAYOUT["vm1"], {"name": "bulk", "queues": ["bulk"], "stop_timeout": 60}]}
+    errors = app_report_errors(report, layout)
+    assert errors == [
+        "queue 'bulk' is consumed by vm1/bulk but no task of the app lands there: those "
+        "workers idle. Route tasks to it or drop it from the groups."
+    ]
+
+
+def test_ansible_entry_point_reads_layout_from_hostvars():
+    hostvars = {"vm1": {"celery_workers_groups": LAYOUT["vm1"][:1]}}
+    errors = celery_app_report_errors(REPORT, ["vm1"], hostvars, LAYOUT["vm1"])
+    assert errors and "lands in queue 'low'" in errors[0]
+    assert celery_app_report_errors(REPORT, ["vm1"], {"vm1": {}}, LAYOUT["vm1"]) == []
+
+
+@pytest.fixture(scope="module")
+def reference_report():
+    spec = importlib.util.spec_from_file_location(
+        "inspect_app", ROOT / "roles/celery_app/files/inspect_app.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from refapp import app
+
+    return module.report(app)
+
+
+def test_reference_app_passes_with_the_default_layout(reference_report):
+    defaults = ROOT / "roles/celery_workers/defaults/main.yml"
+    import yaml
+
+    groups = yaml.safe_load(defaults.read_text())["celery_workers_groups"]
+    assert app_report_errors(reference_report, {"vm1": groups}, ["high", "default", "low"]) == []
+
+
+def test_reference_app_report_resolves_through_its_router(reference_report):
+    tasks = reference_report["tasks"]
+    assert tasks["refapp.tasks.heavy.scrape_site"]["queue"] == "low"
+    assert tasks["refapp.tasks.notifications.send_sms"]["queue"] == "high"
+    assert tasks["refapp.tasks.probe.probe"]["queue"] == "default"

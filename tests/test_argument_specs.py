@@ -1,0 +1,35 @@
+"""Every role's meta/argument_specs.yml mirrors its defaults/main.yml exactly."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROLES = sorted(p for p in (Path(__file__).parent.parent / "roles").iterdir() if p.is_dir())
+
+
+def load(path: Path) -> dict:
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def test_there_are_roles():
+    assert ROLES, "no roles found under roles/"
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
+def test_specs_mirror_defaults(role: Path):
+    defaults = load(role / "defaults" / "main.yml")
+    options = load(role / "meta" / "argument_specs.yml")["argument_specs"]["main"]["options"]
+    assert set(options) == set(defaults), "options and defaults name different variables"
+    for name, spec in options.items():
+        assert name.startswith(role.name + "_"), f"{name} is not prefixed {role.name}_"
+        assert spec.get("description"), f"{name} has no description"
+        assert "type" in spec, f"{name} has no type"
+        assert spec.get("default") == defaults[name], f"{name}: spec default differs from defaults"
+        if "choices" in spec:
+            assert defaults[name] in spec["choices"], f"{name}: default is not one of its choices"
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
+def test_role_has_no_hidden_dependencies(role: Path):
+    assert load(role / "meta" / "main.yml").get("dependencies") == []

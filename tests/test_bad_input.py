@@ -1,0 +1,272 @@
+"""Bad input never reaches a host: each broken inventory fails deploy.yml's validation with a
+message naming the variable (or queue, group, host) and the fix, before any play that touches
+a host starts.
+
+Each case is a small inventory written to a temporary folder. Its hosts are containers that
+do not exist, so a task that reached a host would end "unreachable": the recap must show none,
+and no play after the validation may start.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SPLIT = yaml.safe_load((ROOT / "roles/celery_workers/defaults/main.yml").read_text())[
+    "celery_workers_groups"
+]
+DEFAULT_ROUTES = yaml.safe_load((ROOT / "roles/celery_app/defaults/main.yml").read_text())[
+    "celery_app_routes"
+]
+SOUND = {
+    "redis_password": "a-real-broker-secret-0123456789",
+    "celery_app_broker_url": "redis://:a-real-broker-secret-0123456789@10.1.2.3:6379/0",
+    "flower_basic_auth_user": "ops",
+    "flower_basic_auth_password": "a-real-flower-secret-42",
+}
+
+
+def groups(**changes_by_name):
+    """The default split layout with some fields of some groups changed."""
+    layout = copy.deepcopy(SPLIT)
+    for group in layout:
+        group.update(changes_by_name.get(group["name"], {}))
+    return layout
+
+
+# (id, group_vars/all overrides, host_vars for vm2 or None, expected message)
+CASES = [
+    (
+        "routed-queue-without-consumer",
+        {"celery_workers_groups": SPLIT[:1]},
+        None,
+        "queue 'low' has no consumer: celery_app_routes sends 'refapp.tasks.heavy.*' there",
+    ),
+    (
+        "group-consumes-undeclared-queue",
+        {"celery_workers_groups": groups(fast={"queues": ["high", "default", "hihg"]})},
+        None,
+        "worker group 'fast' on vm1 consumes 'hihg', not declared by the app",
+    ),
+    (
+        "group-without-queues",
+        {"celery_workers_groups": SPLIT + [{**SPLIT[0], "name": "idle", "queues": []}]},
+        None,
+        "worker group 'idle' on vm1 consumes no queue",
+    ),
+    (
+        "beat-on-two-hosts",
+        {},
+        {"celery_workers_beat_enabled": True},
+        "beat is enabled on 2 hosts (vm1, vm2)",
+    ),
+    (
+        "beat-on-no-host",
+        {"celery_workers_beat_enabled": False},
+        None,
+        "no host runs beat, so no periodic task is ever sent",
+    ),
+    (
+        "group-name-not-a-systemd-instance",
+        {"celery_workers_groups": groups(fast={"name": "Fast Workers"})},
+        None,
+        "worker group 'Fast Workers' on vm1 (celery_workers_groups): the name must be lowercase",
+    ),
+    (
+        "group-name-twice",
+        {"celery_workers_groups": SPLIT + [{**SPLIT[1], "queues": ["low"]}]},
+        None,
+        "worker group 'slow' appears twice on vm1",
+    ),
+    (
+        "concurrency-zero",
+        {"celery_workers_groups": groups(fast={"concurrency": 0})},
+        None,
+        "worker group 'fast' on vm1 (celery_workers_groups): concurrency must be a whole number "
+        "above 0, not 0",
+    ),
+    (
+        "unknown-pool",
+        {"celery_workers_groups": groups(slow={"pool": "fork"})},
+        None,
+        "worker group 'slow' on vm1 (celery_workers_groups): pool 'fork' is not one of prefork",
+    ),
+    (
+        "stop-timeout-below-task-time-limit",
+        {"celery_workers_groups": groups(slow={"stop_timeout": 600})},
+        None,
+        "worker group 'slow' on vm1 has stop_timeout 600 s, shorter than the time limit of "
+        "refapp.tasks.heavy.scrape_site (1800 s)",
+    ),
+    (
+        "visibility-timeout-below-longest-task-and-countdown",
+        {"celery_app_longest_countdown": 6000},
+        None,
+        "the broker's visibility_timeout (7200 s) is not longer than the longest task time limit",
+    ),
+    (
+        "app-refuses-its-own-visibility-timeout",
+        {"celery_app_environment": {"REFAPP_VISIBILITY_TIMEOUT": "600"}},
+        None,
+        "the app could not be imported on the controller",
+    ),
+    (
+        "inventory-route-to-undeclared-queue",
+        {"celery_app_routes": {"refapp.tasks.heavy.*": "bulk"}},
+        None,
+        "celery_app_routes sends 'refapp.tasks.heavy.*' to queue 'bulk', which the app does not "
+        "declare",
+    ),
+    (
+        "inventory-queues-differ-from-app",
+        {
+            "celery_app_queues": ["high", "default"],
+            "celery_app_routes": {"refapp.tasks.notifications.*": "high"},
+            "celery_workers_groups": SPLIT[:1],
+        },
+        None,
+        "celery_app_queues (high, default) differs from the queues the app declares "
+        "(high, default, low)",
+    ),
+    (
+        "route-pattern-matches-no-task",
+        {"celery_app_routes": {**DEFAULT_ROUTES, "refapp.tasks.notifcations.*": "high"}},
+        None,
+        "celery_app_routes pattern 'refapp.tasks.notifcations.*' matches no task the app registers",
+    ),
+    (
+        "broker-password-empty",
+        {"redis_password": ""},
+        None,
+        "redis_password on vm1 is empty: set it (at least 16 characters)",
+    ),
+    (
+        "broker-password-sample",
+        {"redis_password": "CHANGE-ME-at-least-16-characters"},
+        None,
+        "redis_password on vm1 still holds a sample value",
+    ),
+    (
+        "broker-password-from-sandbox",
+        {"redis_password": "sandbox-broker-password-not-secret"},
+        None,
+        "redis_password on vm1 still holds a sample value",
+    ),
+    (
+        "flower-password-missing",
+        {"flower_basic_auth_password": ""},
+        None,
+        "flower_basic_auth_password on vm1 is empty",
+    ),
+    (
+        "broker-url-missing",
+        {"celery_app_broker_url": ""},
+        None,
+        "celery_app_broker_url on vm1 is empty",
+    ),
+    (
+        "eviction-policy-drops-tasks",
+        {"redis_maxmemory_policy": "allkeys-lru"},
+        None,
+        "redis_maxmemory_policy must be one of: noeviction, got: allkeys-lru",
+    ),
+    (
+        "idle-timeout-breaks-kombu",
+        {"redis_timeout": 300},
+        None,
+        "redis_timeout must be one of: 0, got: 300",
+    ),
+]
+
+
+VALIDATION_PLAY = "Validate the inventory before any host is changed"
+
+
+def plays(stdout: str) -> list[str]:
+    """The names of the plays that started."""
+    return re.findall(r"^PLAY \[(.*)\] \**$", stdout, flags=re.M)
+
+
+def write_inventory(tmp_path: Path, overrides: dict, vm2_vars: dict | None) -> Path:
+    hosts = {
+        "vm1": {
+            "ansible_connection": "community.docker.docker",
+            "ansible_host": "celery-toolkit-bad-input-does-not-exist",
+        }
+    }
+    workers = {"vm1": None}
+    if vm2_vars is not None:
+        hosts["vm2"] = {**hosts["vm1"]}
+        workers["vm2"] = None
+    inventory = {
+        "all": {
+            "hosts": hosts,
+            "children": {
+                "broker": {"hosts": {"vm1": None}},
+                "celery_workers": {"hosts": workers},
+                "flower": {"hosts": {"vm1": None}},
+            },
+        }
+    }
+    (tmp_path / "group_vars").mkdir()
+    (tmp_path / "host_vars").mkdir()
+    (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inventory))
+    (tmp_path / "group_vars/all.yml").write_text(yaml.safe_dump({**SOUND, **overrides}))
+    if vm2_vars:
+        (tmp_path / "host_vars/vm2.yml").write_text(yaml.safe_dump(vm2_vars))
+    return tmp_path
+
+
+def deploy(inventory: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    env.update(
+        ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_DEPRECATION_WARNINGS="false",
+    )
+    return subprocess.run(
+        [
+            str(Path(os.sys.executable).parent / "ansible-playbook"),
+            "-i",
+            str(inventory),
+            str(ROOT / "playbooks/deploy.yml"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
+
+
+def test_a_sound_inventory_passes_validation(tmp_path):
+    """The control case: the same fixture without a defect gets past validation (and then
+    fails to reach its non-existent hosts, which proves the fixture is otherwise usable)."""
+    proc = deploy(write_inventory(tmp_path, {}, None))
+    assert len(plays(proc.stdout)) > 1, proc.stdout[-3000:]
+    assert "UNREACHABLE" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("overrides", "vm2", "message"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_bad_input_is_refused_before_any_host(tmp_path, overrides, vm2, message):
+    proc = deploy(write_inventory(tmp_path, overrides, vm2))
+    out = re.sub(r"\s+", " ", proc.stdout + proc.stderr)
+    assert proc.returncode != 0
+    assert re.sub(r"\s+", " ", message) in out, proc.stdout[-4000:]
+    assert plays(proc.stdout) == [VALIDATION_PLAY]
+    assert "UNREACHABLE" not in proc.stdout
+    assert not re.search(r"unreachable=[1-9]", proc.stdout)
+    assert not re.search(r"changed=[1-9]", proc.stdout)
+
+
+def test_the_matrix_is_at_least_fifteen_cases():
+    assert len(CASES) >= 15

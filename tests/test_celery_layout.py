@@ -1,0 +1,175 @@
+"""The layout rules of plugins/filter/celery_layout.py: each rule's pass and fail path."""
+
+import pytest
+
+from celery_layout import (
+    FilterModule,
+    celery_layout_errors,
+    celery_route_queue,
+    celery_single_layout,
+    layout_errors,
+)
+
+QUEUES = ["high", "default", "low"]
+ROUTES = {"app.notify.*": "high", "app.bg.*": "default", "app.heavy.*": "low"}
+SPLIT = [
+    {"name": "fast", "queues": ["high", "default"]},
+    {"name": "slow", "queues": ["low"]},
+]
+FULL_SPLIT = [
+    {
+        "name": "fast",
+        "queues": ["high", "default"],
+        "concurrency": 4,
+        "pool": "prefork",
+        "prefetch_multiplier": 4,
+        "max_tasks_per_child": 1000,
+        "max_memory_per_child": 262144,
+        "stop_timeout": 120,
+    },
+    {
+        "name": "slow",
+        "queues": ["low"],
+        "concurrency": 1,
+        "pool": "prefork",
+        "prefetch_multiplier": 1,
+        "max_tasks_per_child": 100,
+        "max_memory_per_child": 524288,
+        "stop_timeout": 1920,
+    },
+]
+
+
+def test_split_layout_is_sound():
+    assert layout_errors({"vm1": SPLIT}, ["vm1"], QUEUES, ROUTES) == []
+
+
+def test_routed_queue_without_consumer_is_named():
+    errors = layout_errors({"vm1": SPLIT[:1]}, ["vm1"], QUEUES, ROUTES)
+    assert len(errors) == 1
+    assert "queue 'low' has no consumer" in errors[0]
+    assert "app.heavy.*" in errors[0]
+
+
+def test_route_to_undeclared_queue_is_named():
+    errors = layout_errors({"vm1": SPLIT}, ["vm1"], QUEUES, {**ROUTES, "app.x": "urgent"})
+    assert errors == [
+        "celery_app_routes sends 'app.x' to queue 'urgent', which the app does not declare "
+        "(celery_app_queues: high, default, low): fix the route or declare the queue."
+    ]
+
+
+def test_group_without_queues_is_named():
+    errors = layout_errors(
+        {"vm1": [*SPLIT, {"name": "idle", "queues": []}]}, ["vm1"], QUEUES, ROUTES
+    )
+    assert errors == [
+        "worker group 'idle' on vm1 consumes no queue: give it queues in celery_workers_groups "
+        "or remove the group."
+    ]
+
+
+def test_group_consuming_undeclared_queue_is_named():
+    layout = {"vm1": [{"name": "fast", "queues": ["high", "default", "hihg"]}, SPLIT[1]]}
+    errors = layout_errors(layout, ["vm1"], QUEUES, ROUTES)
+    assert len(errors) == 1
+    assert "worker group 'fast' on vm1 consumes 'hihg'" in errors[0]
+
+
+def test_two_beats_are_refused():
+    layout = {"vm1": SPLIT, "vm2": SPLIT}
+    errors = layout_errors(layout, ["vm2", "vm1"], QUEUES, ROUTES)
+    assert errors == [
+        "beat is enabled on 2 hosts (vm1, vm2): every periodic task would run that many times. "
+        "Set celery_workers_beat_enabled: false on all of them but one."
+    ]
+
+
+def test_no_beat_is_refused():
+    errors = layout_errors({"vm1": SPLIT}, [], QUEUES, ROUTES)
+    assert len(errors) == 1
+    assert errors[0].startswith("no host runs beat")
+
+
+def test_consumers_may_be_spread_over_hosts():
+    layout = {"vm1": SPLIT[:1], "vm2": SPLIT[1:]}
+    assert layout_errors(layout, ["vm1"], QUEUES, ROUTES) == []
+
+
+def test_ansible_entry_point_applies_role_defaults():
+    hostvars = {
+        "vm1": {},  # role defaults: split layout, beat on
+        "vm2": {"celery_workers_groups": SPLIT[:1], "celery_workers_beat_enabled": "false"},
+    }
+    assert celery_layout_errors(["vm1", "vm2"], hostvars, QUEUES, ROUTES, SPLIT) == []
+    hostvars["vm2"]["celery_workers_beat_enabled"] = True
+    errors = celery_layout_errors(["vm1", "vm2"], hostvars, QUEUES, ROUTES, SPLIT)
+    assert errors and "beat is enabled on 2 hosts (vm1, vm2)" in errors[0]
+
+
+@pytest.mark.parametrize(
+    ("task", "queue"),
+    [("app.notify.sms", "high"), ("app.heavy.scrape", "low"), ("app.other", "default")],
+)
+def test_route_queue_first_match(task, queue):
+    assert celery_route_queue(task, ROUTES) == queue
+
+
+def test_single_layout_consumes_every_declared_queue():
+    single = celery_single_layout(FULL_SPLIT, QUEUES)
+    assert single == [
+        {
+            "name": "all",
+            "queues": ["high", "default", "low"],
+            "concurrency": 5,
+            "pool": "prefork",
+            "prefetch_multiplier": 1,
+            "max_tasks_per_child": 100,
+            "max_memory_per_child": 524288,
+            "stop_timeout": 1920,
+        }
+    ]
+    assert layout_errors({"vm1": single}, ["vm1"], QUEUES, ROUTES) == []
+
+
+def test_single_layout_needs_a_split_layout_and_queues():
+    with pytest.raises(ValueError, match="celery_workers_groups is empty"):
+        celery_single_layout([], QUEUES)
+    with pytest.raises(ValueError, match="celery_app_queues is empty"):
+        celery_single_layout(FULL_SPLIT, [])
+
+
+def test_filters_are_registered():
+    assert set(FilterModule().filters()) == {
+        "celery_layout_errors",
+        "celery_route_queue",
+        "celery_single_layout",
+        "celery_app_report_errors",
+        "celery_inventory_errors",
+        "celery_private_addresses",
+    }
+
+
+def test_private_addresses_prefer_the_inventory_then_facts():
+    from celery_layout import celery_private_addresses
+
+    hostvars = {
+        "a": {"celery_private_address": "10.0.0.5", "ansible_facts": {}},
+        "b": {"ansible_facts": {"default_ipv4": {"address": "10.0.0.6"}}},
+        "c": {
+            "ansible_host": "10.0.0.7",
+            "ansible_facts": {"default_ipv4": {"address": "1.2.3.4"}},
+        },
+        "d": {
+            "ansible_host": "vm-d.example.internal",
+            "ansible_facts": {"default_ipv4": {"address": "10.0.0.8"}},
+        },
+    }
+    assert celery_private_addresses(["a", "b", "c", "d"], hostvars) == [
+        "10.0.0.5",
+        "10.0.0.6",
+        "10.0.0.7",
+        "10.0.0.8",
+    ]
+    with pytest.raises(ValueError, match="set celery_private_address for it"):
+        celery_private_addresses(["c"], {"c": {"ansible_facts": {}}})
