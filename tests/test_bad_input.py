@@ -178,6 +178,13 @@ CASES = [
         "redis_maxmemory_policy must be one of: noeviction, got: allkeys-lru",
     ),
     (
+        "rolling-batch-of-zero-hosts",
+        {"celery_deploy_batch": 0},
+        None,
+        "celery_deploy_batch must be a number of hosts (1 or more), a percentage from '1%' to "
+        "'100%', or a list of those; got 0",
+    ),
+    (
         "idle-timeout-breaks-kombu",
         {"redis_timeout": 300},
         None,

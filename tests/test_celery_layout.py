@@ -173,3 +173,21 @@ def test_private_addresses_prefer_the_inventory_then_facts():
     ]
     with pytest.raises(ValueError, match="set celery_private_address for it"):
         celery_private_addresses(["c"], {"c": {"ansible_facts": {}}})
+
+
+@pytest.mark.parametrize("batch", [1, 3, "2", "25%", "100%", [1, "50%", "100%"]])
+def test_rolling_batch_accepts_hosts_percentages_and_lists(batch):
+    from celery_layout import batch_errors
+
+    assert batch_errors(batch) == []
+
+
+@pytest.mark.parametrize("batch", [0, -1, "0%", "150%", "two", True, None, [], [1, 0], 1.5])
+def test_rolling_batch_refuses_what_serial_would_choke_on(batch):
+    from celery_layout import batch_errors
+
+    assert batch_errors(batch) == [
+        "celery_deploy_batch must be a number of hosts (1 or more), a percentage from '1%' to "
+        f"'100%', or a list of those; got {batch!r}: set it in group_vars/all (1 = one host at "
+        "a time, the safest rolling restart)"
+    ]

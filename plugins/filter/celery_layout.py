@@ -255,6 +255,26 @@ def secret_errors(host: str, secrets: Mapping[str, tuple[Any, int]], sandbox: bo
     return errors
 
 
+def batch_errors(value: Any) -> list[str]:
+    """celery_deploy_batch becomes the rolling play's `serial`: hosts (>= 1) or a percentage, or
+    a list of those (growing batches). A bad value would fail only when that play starts, after
+    the broker play has run."""
+    for item in value if isinstance(value, list) and value else [value]:
+        text = str(item).strip()
+        if isinstance(item, bool) or not re.fullmatch(r"[0-9]+%?", text):
+            break
+        number = int(text.rstrip("%"))
+        if number < 1 or (text.endswith("%") and number > 100):
+            break
+    else:
+        return []
+    return [
+        f"celery_deploy_batch must be a number of hosts (1 or more), a percentage from '1%' to "
+        f"'100%', or a list of those; got {value!r}: set it in group_vars/all (1 = one host at "
+        "a time, the safest rolling restart)"
+    ]
+
+
 def celery_inventory_errors(
     groups: Mapping[str, Iterable[str]],
     hostvars: Mapping[str, Mapping[str, Any]],
@@ -265,7 +285,10 @@ def celery_inventory_errors(
     `groups` is Ansible's groups (broker, celery_workers, flower)."""
     errors: list[str] = []
     default_groups = list(default_groups)
-    for host in groups.get("celery_workers", []):
+    workers = list(groups.get("celery_workers", []))
+    if workers and "celery_deploy_batch" in hostvars[workers[0]]:
+        errors += batch_errors(hostvars[workers[0]]["celery_deploy_batch"])
+    for host in workers:
         errors += group_errors(host, hostvars[host].get("celery_workers_groups", default_groups))
     needs: dict[str, dict[str, int]] = {}
     for host in groups.get("broker", []):
