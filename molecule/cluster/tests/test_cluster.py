@@ -13,11 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from playbook_runner import ROOT, run_playbook
+from playbook_runner import LEDGER, ROOT, record_figure, run_playbook, wait_until_ran
 
 BROKER = "172.30.77.10"
 RUN = uuid.uuid4().hex[:8]  # tokens and settings unique to this run: the tests can run again
-FIGURES = ROOT / ".cache" / "cluster-figures.json"
 WORKERS = ["cluster-fast-1", "cluster-fast-2", "cluster-slow-1"]
 
 LOAD = """
@@ -26,17 +25,6 @@ from refapp.tasks.ledger import record_fast
 prefix, n, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 for i in range(n):
     record_fast.delay(f"{prefix}-{i}", seconds)
-"""
-LEDGER = """
-import json, sys
-from refapp import app
-prefix = sys.argv[1]
-with app.connection_for_write() as conn:
-    client = conn.default_channel.client
-    ledger = {k.decode(): int(v) for k, v in client.hgetall("refapp:ledger").items()
-              if k.decode().startswith(prefix + "-")}
-    queued = client.llen("high")
-print(json.dumps({"ledger": ledger, "queued": queued}))
 """
 DANGEROUS = """
 import redis
@@ -71,10 +59,7 @@ def as_app(container, script, *args):
 
 
 def record(name, value):
-    figures = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
-    figures[name] = value
-    FIGURES.parent.mkdir(exist_ok=True)
-    FIGURES.write_text(json.dumps(figures, indent=2))
+    record_figure("cluster-figures.json", name, value)
 
 
 def current_release(container):
@@ -111,14 +96,7 @@ def test_the_apps_redis_user_cannot_run_dangerous_commands():
     assert as_app("cluster-fast-1", DANGEROUS).startswith("refused:")
 
 
-def wait_for_ledger(prefix, expected, timeout=240):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        state = json.loads(as_app("cluster-fast-1", LEDGER, prefix))
-        if len(state["ledger"]) >= expected and state["queued"] == 0:
-            time.sleep(3)
-            return json.loads(as_app("cluster-fast-1", LEDGER, prefix))
-        time.sleep(2)
+def ledger(prefix):
     return json.loads(as_app("cluster-fast-1", LEDGER, prefix))
 
 
@@ -126,12 +104,13 @@ def test_stopping_a_whole_fast_host_mid_load_loses_no_task():
     n = 200
     as_app("cluster-fast-1", LOAD, f"vmdown-{RUN}", str(n), "0.1")
     time.sleep(2)  # both fast hosts are busy
-    before = json.loads(as_app("cluster-fast-1", LEDGER, f"vmdown-{RUN}"))
+    before = ledger(f"vmdown-{RUN}")
     started = time.monotonic()
     subprocess.run(["docker", "stop", "-t", "120", "cluster-fast-2"], check=True)
     stop_seconds = round(time.monotonic() - started, 1)
     try:
-        after = wait_for_ledger(f"vmdown-{RUN}", n)
+        # the load goes to high only
+        after = wait_until_ran(lambda: ledger(f"vmdown-{RUN}"), n, ["high"])
     finally:
         subprocess.run(["docker", "start", "cluster-fast-2"], check=True)
     record(

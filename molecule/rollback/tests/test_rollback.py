@@ -11,14 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from playbook_runner import ROOT, run_playbook
+from playbook_runner import LEDGER, ROOT, record_figure, run_playbook, wait_until_ran
 
-FIGURES = Path(__file__).resolve().parents[3] / ".cache" / "rollback-figures.json"
 # 300 fast tasks of 0.2 s keep the fast group (4 processes) busy ~15 s, across the switch;
 # 6 slow tasks of 4 s keep the slow group busy (one runs while rollback.yml stops it).
 N_FAST, N_SLOW, FAST_SECONDS, SLOW_SECONDS = 300, 6, 0.2, 4
 
-# Runs on the host as the app: send the load, or read the ledger and the queues.
+# Runs on the host as the app: send the load.
 LOAD = """
 import json, sys
 from refapp import app
@@ -29,17 +28,6 @@ for i in range(n_slow):
     record_slow.delay(f"{prefix}-slow-{i}", slow_seconds)
 for i in range(n_fast):
     record_fast.delay(f"{prefix}-fast-{i}", fast_seconds)
-"""
-STATE = """
-import json, sys
-from refapp import app
-prefix = sys.argv[1]
-with app.connection_for_write() as conn:
-    client = conn.default_channel.client
-    ledger = {k.decode(): int(v) for k, v in client.hgetall("refapp:ledger").items()
-              if k.decode().startswith(prefix + "-")}
-    queued = {q: client.llen(q) for q in ("high", "default", "low")}
-print(json.dumps({"ledger": ledger, "queued": queued}))
 """
 
 
@@ -54,18 +42,7 @@ def playbook(name, *extra):
 
 
 def state(host, prefix):
-    return json.loads(as_app(host, STATE, prefix))
-
-
-def wait_until_all_ran(host, prefix, expected, timeout=240):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        now = state(host, prefix)
-        if len(now["ledger"]) >= expected and not any(now["queued"].values()):
-            time.sleep(3)  # a duplicate would show up now, not later
-            return state(host, prefix)
-        time.sleep(2)
-    return state(host, prefix)
+    return json.loads(as_app(host, LEDGER, prefix))
 
 
 def switch_under_load(host, prefix, name, *extra):
@@ -74,16 +51,17 @@ def switch_under_load(host, prefix, name, *extra):
     before = state(host, prefix)
     out, seconds = playbook(name, *extra)
     middle = state(host, prefix)
-    after = wait_until_all_ran(host, prefix, N_FAST + N_SLOW)
-    figures = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
-    figures[name + ":" + prefix] = {
-        "seconds": seconds,
-        "not_yet_run_at_start": N_FAST + N_SLOW - len(before["ledger"]),
-        "queued_at_start": before["queued"],
-        "not_yet_run_at_end": N_FAST + N_SLOW - len(middle["ledger"]),
-    }
-    FIGURES.parent.mkdir(exist_ok=True)
-    FIGURES.write_text(json.dumps(figures, indent=2))
+    after = wait_until_ran(lambda: state(host, prefix), N_FAST + N_SLOW, ["high", "default", "low"])
+    record_figure(
+        "rollback-figures.json",
+        name + ":" + prefix,
+        {
+            "seconds": seconds,
+            "not_yet_run_at_start": N_FAST + N_SLOW - len(before["ledger"]),
+            "queued_at_start": before["queued"],
+            "not_yet_run_at_end": N_FAST + N_SLOW - len(middle["ledger"]),
+        },
+    )
     return out, after
 
 
