@@ -53,17 +53,18 @@ def test_route_pattern_matching_no_task():
 def test_task_in_a_queue_nobody_consumes():
     layout = {"vm1": LAYOUT["vm1"][:1]}
     errors = app_report_errors(REPORT, layout)
-    assert len(errors) == 1
-    assert errors[0].startswith("task shop.heavy.scrape lands in queue 'low', which no worker")
+    assert errors == [
+        "queue 'low' has no consumer: the app sends 1 task(s) there (shop.heavy.scrape), and no "
+        "worker group in celery_workers_groups consumes it, so they would wait forever. Add "
+        "'low' to the queues of a group, or route them elsewhere."
+    ]
 
 
 def test_task_that_cannot_be_routed():
     tasks = copy.deepcopy(REPORT["tasks"])
     tasks["shop.bg.resize"] = {"queue": None, "error": "QueueNotFound: 'urgent'"}
     errors = app_report_errors(broken(tasks=tasks), LAYOUT)
-    assert errors == [
-        "task shop.bg.resize cannot be routed: QueueNotFound: 'urgent'. Fix its route."
-    ]
+    assert errors == ["task shop.bg.resize cannot be routed: QueueNotFound: 'urgent'."]
 
 
 def test_beat_entry_naming_an_unregistered_task():
@@ -103,8 +104,9 @@ def test_stop_timeout_shorter_than_a_task_of_the_group():
 def test_inventory_queues_differ_from_the_app():
     errors = app_report_errors(REPORT, LAYOUT, ["high", "default"])
     assert errors == [
-        "celery_app_queues (high, default) differs from the queues the app declares "
-        "(high, default, low): set celery_app_queues to the app's task_queues."
+        "celery_app_queues (high, default) differs from the queues the app uses "
+        "(high, default, low): leave celery_app_queues unset (the toolkit reads them from the "
+        "app) or make it the same."
     ]
 
 
@@ -114,7 +116,8 @@ def test_inventory_route_pattern_matching_no_task():
     assert errors == [
         "celery_app_routes pattern 'shop.heavvy.*' matches no task the app registers, so the "
         "tasks meant for it land in 'default': fix the pattern (celery_app_routes mirrors the "
-        "app's task_routes)."
+        "app's task_routes), or leave celery_app_routes unset: the toolkit reads the app's "
+        "routing."
     ]
 
 
@@ -131,7 +134,7 @@ def test_group_listening_to_a_queue_no_task_lands_in():
 def test_ansible_entry_point_reads_layout_from_hostvars():
     hostvars = {"vm1": {"celery_workers_groups": LAYOUT["vm1"][:1]}}
     errors = celery_app_report_errors(REPORT, ["vm1"], hostvars, LAYOUT["vm1"])
-    assert errors and "lands in queue 'low'" in errors[0]
+    assert errors and errors[0].startswith("queue 'low' has no consumer")
     assert celery_app_report_errors(REPORT, ["vm1"], {"vm1": {}}, LAYOUT["vm1"]) == []
 
 
@@ -160,3 +163,67 @@ def test_reference_app_report_resolves_through_its_router(reference_report):
     assert tasks["refapp.tasks.heavy.scrape_site"]["queue"] == "low"
     assert tasks["refapp.tasks.notifications.send_sms"]["queue"] == "high"
     assert tasks["refapp.tasks.probe.probe"]["queue"] == "default"
+
+
+# An app as most are: no task_queues, everything in Celery's default queue `celery`, one task
+# routed to a queue Celery creates on demand (task_create_missing_queues is on by default).
+DEFAULT_QUEUE_APP = {
+    "main": "shop",
+    "queues": ["celery", "mail"],
+    "declared_queues": [],
+    "create_missing_queues": True,
+    "default_queue": "celery",
+    "route_patterns": ["orders.tasks.send_receipt"],
+    "tasks": {
+        "orders.tasks.send_receipt": {"queue": "mail", "time_limit": 300},
+        "orders.tasks.tally": {"queue": "celery", "time_limit": 300},
+    },
+    "beat": {},
+    "visibility_timeout": 3600,
+    "transport_error": None,
+}
+
+
+def test_default_queue_app_is_sound_without_inventory_queues():
+    layout = {
+        "vm1": [
+            {"name": "main", "queues": ["celery"], "stop_timeout": 300},
+            {"name": "mail", "queues": ["mail"], "stop_timeout": 300},
+        ]
+    }
+    assert app_report_errors(DEFAULT_QUEUE_APP, layout) == []
+    assert app_report_errors(DEFAULT_QUEUE_APP, layout, ["mail", "celery"]) == []
+
+
+def test_group_consuming_a_queue_the_app_does_not_use():
+    layout = {"vm1": [{"name": "main", "queues": ["celery", "mial"], "stop_timeout": 300}]}
+    errors = app_report_errors(DEFAULT_QUEUE_APP, layout)
+    assert errors[0] == (
+        "worker group 'main' on vm1 consumes 'mial', not declared by the app (its queues: "
+        "celery, mail): fix the queue name in celery_workers_groups."
+    )
+    assert errors[1].startswith("queue 'mail' has no consumer: the app sends 1 task(s) there")
+
+
+def test_inventory_route_that_disagrees_with_the_app():
+    layout = {"vm1": [{"name": "main", "queues": ["celery", "mail"], "stop_timeout": 300}]}
+    errors = app_report_errors(DEFAULT_QUEUE_APP, layout, routes={"orders.tasks.*": "mail"})
+    assert errors == [
+        "celery_app_routes sends 'orders.tasks.*' to queue 'mail', but the app sends "
+        "orders.tasks.tally to 'celery': make celery_app_routes mirror the app's task_routes, "
+        "or leave it unset: the toolkit reads the app's routing."
+    ]
+
+
+def test_broker_client_that_does_not_load():
+    layout = {"vm1": [{"name": "main", "queues": ["celery", "mail"], "stop_timeout": 300}]}
+    report = {
+        **DEFAULT_QUEUE_APP,
+        "transport_error": "ModuleNotFoundError: No module named 'redis'",
+    }
+    assert app_report_errors(report, layout) == [
+        "the app's broker client does not load (ModuleNotFoundError: No module named 'redis'): "
+        "every worker would crash at start. Keep celery[redis] in "
+        "celery_app_broker_requirements (the default), or add the missing module to the app's "
+        "requirements."
+    ]

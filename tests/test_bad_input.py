@@ -47,7 +47,8 @@ CASES = [
         "routed-queue-without-consumer",
         {"celery_workers_groups": SPLIT[:1]},
         None,
-        "queue 'low' has no consumer: celery_app_routes sends 'refapp.tasks.heavy.*' there",
+        "queue 'low' has no consumer: the app sends 3 task(s) there "
+        "(refapp.tasks.heavy.scrape_site",
     ),
     (
         "group-consumes-undeclared-queue",
@@ -121,8 +122,8 @@ CASES = [
         "inventory-route-to-undeclared-queue",
         {"celery_app_routes": {"refapp.tasks.heavy.*": "bulk"}},
         None,
-        "celery_app_routes sends 'refapp.tasks.heavy.*' to queue 'bulk', which the app does not "
-        "declare",
+        "celery_app_routes sends 'refapp.tasks.heavy.*' to queue 'bulk', but the app sends "
+        "refapp.tasks.heavy.",
     ),
     (
         "inventory-queues-differ-from-app",
@@ -132,7 +133,7 @@ CASES = [
             "celery_workers_groups": SPLIT[:1],
         },
         None,
-        "celery_app_queues (high, default) differs from the queues the app declares "
+        "celery_app_queues (high, default) differs from the queues the app uses "
         "(high, default, low)",
     ),
     (
@@ -140,6 +141,33 @@ CASES = [
         {"celery_app_routes": {**DEFAULT_ROUTES, "refapp.tasks.notifcations.*": "high"}},
         None,
         "celery_app_routes pattern 'refapp.tasks.notifcations.*' matches no task the app registers",
+    ),
+    (
+        "queues-unknown-without-the-app",
+        {"celery_app_check_routing": False},
+        None,
+        "celery_app_queues is empty and celery_app_check_routing is false",
+    ),
+    (
+        "broker-client-missing",
+        {
+            "celery_app_source": str(ROOT / "tests/apps/djangoshop"),
+            "celery_app_constraints": "",
+            "celery_app_module": "shop",
+            "celery_app_broker_requirements": [],
+            "celery_app_environment": {"DJANGO_SETTINGS_MODULE": "shop.settings"},
+            "celery_workers_groups": groups(fast={"queues": ["celery"]}, slow={"queues": ["mail"]}),
+        },
+        None,
+        "the app's broker client does not load (ModuleNotFoundError: No module named 'redis'): "
+        "every worker would crash at start",
+    ),
+    (
+        "app-module-does-not-import",
+        {"celery_app_module": "refap"},
+        None,
+        "the app could not be imported on the controller (celery_app_source, celery_app_module): "
+        "importing refap failed: ModuleNotFoundError: No module named 'refap'",
     ),
     (
         "broker-password-empty",

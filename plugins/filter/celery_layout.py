@@ -40,14 +40,15 @@ def layout_errors(
     queues: Iterable[str],
     routes: Mapping[str, str],
 ) -> list[str]:
-    """Check a layout. `layout` maps each worker host to its worker groups."""
+    """Check a layout. `layout` maps each worker host to its worker groups; `queues` and `routes`
+    are the inventory's (empty when the app's own are read by app_report_errors)."""
     layout = {host: list(groups) for host, groups in layout.items()}
     declared = list(queues)
     errors: list[str] = []
     consumers = _consumers(layout)
 
     for pattern, queue in routes.items():
-        if queue not in declared:
+        if declared and queue not in declared:
             errors.append(
                 f"celery_app_routes sends '{pattern}' to queue '{queue}', which the app does not "
                 f"declare (celery_app_queues: {', '.join(declared)}): fix the route or declare "
@@ -71,7 +72,7 @@ def layout_errors(
                 )
                 continue
             unknown = [q for q in consumed if q not in declared]
-            if unknown:
+            if declared and unknown:
                 errors.append(
                     f"worker group '{name}' on {host} consumes {', '.join(map(repr, unknown))}, "
                     f"not declared by the app (celery_app_queues: {', '.join(declared)}): fix the "
@@ -121,20 +122,37 @@ def app_report_errors(
     """Check the real app (as inspect_app.py reports it) against the layout that will run it.
 
     `layout` maps each worker host to its groups; `queues` and `routes` are celery_app_queues
-    and celery_app_routes from the inventory (None skips them); `longest_countdown` is
-    celery_app_longest_countdown.
+    and celery_app_routes from the inventory (None or empty: read from the app, nothing to
+    compare); `longest_countdown` is celery_app_longest_countdown.
     """
     layout = {host: list(groups) for host, groups in layout.items()}
     consumers = _consumers(layout)
     tasks: Mapping[str, Mapping[str, Any]] = report["tasks"]
     errors: list[str] = []
 
-    declared = list(report["declared_queues"])
-    if queues is not None and sorted(queues) != sorted(declared):
+    if report.get("transport_error"):
         errors.append(
-            f"celery_app_queues ({', '.join(queues)}) differs from the queues the app declares "
-            f"({', '.join(declared)}): set celery_app_queues to the app's task_queues."
+            f"the app's broker client does not load ({report['transport_error']}): every worker "
+            "would crash at start. Keep celery[redis] in celery_app_broker_requirements (the "
+            "default), or add the missing module to the app's requirements."
         )
+    used_queues = list(report.get("queues") or report["declared_queues"])
+    if queues and sorted(queues) != sorted(used_queues):
+        errors.append(
+            f"celery_app_queues ({', '.join(queues)}) differs from the queues the app uses "
+            f"({', '.join(used_queues)}): leave celery_app_queues unset (the toolkit reads them "
+            "from the app) or make it the same."
+        )
+    if not queues:  # with celery_app_queues set, layout_errors has checked the groups against it
+        for host, groups in layout.items():
+            for group in groups:
+                unknown = [q for q in group.get("queues") or [] if q not in used_queues]
+                if unknown:
+                    errors.append(
+                        f"worker group '{group.get('name')}' on {host} consumes "
+                        f"{', '.join(map(repr, unknown))}, not declared by the app (its queues: "
+                        f"{', '.join(used_queues)}): fix the queue name in celery_workers_groups."
+                    )
     for pattern in report["route_patterns"]:
         if not any(fnmatchcase(name, pattern) for name in tasks):
             errors.append(
@@ -142,30 +160,42 @@ def app_report_errors(
                 f"'{report['default_queue']}' instead. Fix the pattern in the app's task_routes "
                 "(a typo in a module name?) or remove it."
             )
-    for pattern in routes or {}:
-        if not any(fnmatchcase(name, pattern) for name in tasks):
+    for pattern, queue in (routes or {}).items():
+        matched = sorted(name for name in tasks if fnmatchcase(name, pattern))
+        if not matched:
             errors.append(
                 f"celery_app_routes pattern '{pattern}' matches no task the app registers, so "
                 f"the tasks meant for it land in '{report['default_queue']}': fix the pattern "
-                "(celery_app_routes mirrors the app's task_routes)."
+                "(celery_app_routes mirrors the app's task_routes), or leave celery_app_routes "
+                "unset: the toolkit reads the app's routing."
+            )
+        elif other := [n for n in matched if tasks[n].get("queue") not in (None, queue)]:
+            errors.append(
+                f"celery_app_routes sends '{pattern}' to queue '{queue}', but the app sends "
+                f"{other[0]} to '{tasks[other[0]]['queue']}': make celery_app_routes mirror the "
+                "app's task_routes, or leave it unset: the toolkit reads the app's routing."
             )
     used = {t.get("queue") for t in tasks.values()} | {report["default_queue"]}
     for queue, where in sorted(consumers.items()):
-        if queue in declared and queue not in used:
+        if queue in used_queues and queue not in used:
             errors.append(
                 f"queue '{queue}' is consumed by {', '.join(where)} but no task of the app "
                 "lands there: those workers idle. Route tasks to it or drop it from the groups."
             )
-    for name, task in tasks.items():
+    stranded: dict[str, list[str]] = {}
+    for name, task in sorted(tasks.items()):
         queue = task.get("queue")
         if queue is None:
-            errors.append(f"task {name} cannot be routed: {task.get('error')}. Fix its route.")
+            errors.append(f"task {name} cannot be routed: {task.get('error')}.")
         elif queue not in consumers:
-            errors.append(
-                f"task {name} lands in queue '{queue}', which no worker group consumes: add "
-                f"'{queue}' to a group's queues in celery_workers_groups, or route the task "
-                "elsewhere."
-            )
+            stranded.setdefault(queue, []).append(name)
+    for queue, names in sorted(stranded.items()):
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        errors.append(
+            f"queue '{queue}' has no consumer: the app sends {len(names)} task(s) there "
+            f"({shown}), and no worker group in celery_workers_groups consumes it, so they "
+            f"would wait forever. Add '{queue}' to the queues of a group, or route them elsewhere."
+        )
     for entry, name in report["beat"].items():
         if name not in tasks:
             errors.append(

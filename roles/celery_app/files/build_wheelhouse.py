@@ -1,12 +1,23 @@
 #!/usr/bin/env python3
 """Build (or reuse) the wheelhouse that hosts install the Celery app from, with no index.
 
-Runs on the controller. The wheelhouse holds the app's wheel and every pinned dependency, for
-one target Python version and architecture, under a folder named after a hash of its inputs:
-when the app, the constraints, the extra requirements and the target have not changed, the
-existing folder is reused and nothing is built.
+Runs on the controller. The wheelhouse holds the app and every pinned dependency, for one
+target Python version and architecture, under a folder named after a hash of its inputs: when
+the app, the constraints, the extra requirements and the target have not changed, the existing
+folder is reused and nothing is built.
 
-Prints one JSON object: {"path", "hash", "app_wheel", "requirements", "built"}.
+Two shapes of app:
+- a packaged app (a folder with pyproject.toml or setup.py, or a built .whl): its wheel;
+- a source tree (a folder without them, e.g. a Django project with requirements.txt): an
+  archive of the folder (app-src.tar.gz, without VCS and cache files) and its requirements file.
+
+Every wheelhouse also holds the broker's client (celery[redis] by default): the broker is Redis
+whatever the app's requirements say, pinned by the toolkit's broker-constraints.txt unless the
+app's own pins name the same package.
+
+Prints one JSON object: {"path", "hash", "kind", "app_wheel", "app_archive", "install",
+"requirements", "built"}; "install" is what `pip install --no-index --find-links <house>` takes,
+relative to the wheelhouse folder.
 """
 
 from __future__ import annotations
@@ -15,9 +26,11 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from email.parser import Parser
@@ -27,7 +40,27 @@ from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
-SKIP_DIRS = {"build", "dist", "__pycache__", ".git", ".venv", ".pytest_cache", ".ruff_cache"}
+SKIP_DIRS = {
+    "build",
+    "dist",
+    "__pycache__",
+    ".git",
+    ".hg",
+    ".svn",
+    ".venv",
+    "venv",
+    "node_modules",
+    ".tox",
+    ".nox",
+    ".mypy_cache",
+    ".pytest_cache",
+    ".ruff_cache",
+}
+HERE = Path(__file__).resolve().parent
+# The toolkit's pins of the broker's client (celery[redis]): used for every package the app's
+# own pins do not name.
+BROKER_CONSTRAINTS = HERE / "broker-constraints.txt"
+APP_ARCHIVE = "app-src.tar.gz"
 # glibc of the oldest supported target (Debian bookworm: 2.36)
 GLIBC_MINOR = 36
 
@@ -46,13 +79,11 @@ def source_files(source: Path) -> list[Path]:
     return files
 
 
-def inputs_hash(
-    source: Path, constraints: Path | None, extras: list[str], python: str, arch: str
-) -> str:
+def inputs_hash(source: Path, inputs: list[Path], parts: list[str]) -> str:
     digest = hashlib.sha256()
-    for part in (python, arch, *extras):
+    for part in parts:
         digest.update(part.encode() + b"\0")
-    for path in source_files(source) + ([constraints] if constraints else []):
+    for path in source_files(source) + inputs:
         rel = path.relative_to(source) if path.is_relative_to(source) else path.name
         digest.update(str(rel).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
@@ -108,23 +139,69 @@ def run(cmd: list[str]) -> None:
         raise WheelhouseError(f"{' '.join(cmd[:4])} ... failed:\n{tail}")
 
 
+def app_kind(source: Path) -> str:
+    """'wheel' (a built .whl), 'project' (pyproject.toml or setup.py) or 'tree' (a plain folder)."""
+    if source.is_file():
+        return "wheel"
+    if (source / "pyproject.toml").exists() or (source / "setup.py").exists():
+        return "project"
+    return "tree"
+
+
+def pinned_names(*files: Path | None) -> set[str]:
+    """Package names that a requirements or constraints file pins or names."""
+    names = set()
+    for path in files:
+        for line in path.read_text().splitlines() if path else ():
+            line = line.split("#", 1)[0].strip()
+            match = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", line)
+            if match and not line.startswith("-"):
+                names.add(canonicalize_name(match.group(0)))
+    return names
+
+
+def broker_constraints(app_pins: set[str]) -> list[str]:
+    """The toolkit's broker-client pins, minus the packages the app pins itself."""
+    return [
+        str(req)
+        for line in BROKER_CONSTRAINTS.read_text().splitlines()
+        if (text := line.split("#", 1)[0].strip())
+        and canonicalize_name((req := Requirement(text)).name) not in app_pins
+    ]
+
+
+def pack_tree(source: Path, archive: Path) -> None:
+    """The source tree as it will run on the hosts, without VCS, caches and bytecode."""
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in source_files(source):
+            tar.add(path, arcname=str(path.relative_to(source)), recursive=False)
+
+
 def build(args: argparse.Namespace) -> dict:
     source = Path(args.source).resolve()
     if not source.exists():
         raise WheelhouseError(f"celery_app_source {source} does not exist on the controller")
-    if (
-        source.is_dir()
-        and not (source / "pyproject.toml").exists()
-        and not (source / "setup.py").exists()
-    ):
-        raise WheelhouseError(
-            f"celery_app_source {source} is a folder without pyproject.toml or setup.py: "
-            "point it at a Python project or a built .whl"
-        )
+    kind = app_kind(source)
+    requirements = None
+    if kind == "tree":
+        requirements = Path(args.requirements or source / "requirements.txt").resolve()
+        if not requirements.is_file():
+            raise WheelhouseError(
+                f"celery_app_source {source} is a folder without pyproject.toml, setup.py or "
+                f"requirements.txt ({requirements} does not exist): point celery_app_source at "
+                "a Python project, a built .whl, or a source folder, and celery_app_requirements "
+                "at its requirements file"
+            )
     constraints = Path(args.constraints).resolve() if args.constraints else None
     if constraints and not constraints.is_file():
         raise WheelhouseError(f"celery_app_constraints {constraints} does not exist")
-    key = inputs_hash(source, constraints, args.extra, args.python, args.arch)
+    broker = list(args.broker)
+    pins = broker_constraints(pinned_names(constraints, requirements)) if broker else []
+    key = inputs_hash(
+        source,
+        [p for p in (constraints, requirements) if p],
+        [args.python, args.arch, *args.extra, *broker, *pins],
+    )
     out = Path(args.output).resolve() / f"py{args.python}-{args.arch}-{key[:16]}"
     manifest = out / "wheelhouse.json"
     if manifest.exists():
@@ -132,10 +209,19 @@ def build(args: argparse.Namespace) -> dict:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+    app_wheel, app_archive = "", ""
     try:
-        if source.is_file():
+        if kind == "wheel":
             shutil.copy2(source, tmp / source.name)
             app_wheel = source.name
+            targets = [str(tmp / app_wheel)]
+            install = [app_wheel]
+        elif kind == "tree":
+            pack_tree(source, tmp / APP_ARCHIVE)
+            app_archive = APP_ARCHIVE
+            shutil.copy2(requirements, tmp / "requirements.txt")
+            targets = ["-r", str(tmp / "requirements.txt")]
+            install = ["-r", "requirements.txt"]
         else:
             with tempfile.TemporaryDirectory() as build_dir:
                 shutil.copytree(source, Path(build_dir) / "src", ignore=_ignore)
@@ -156,6 +242,8 @@ def build(args: argparse.Namespace) -> dict:
             if len(wheels) != 1:
                 raise WheelhouseError(f"building {source} gave {len(wheels)} wheels, expected 1")
             app_wheel = wheels[0].name
+            targets = [str(tmp / app_wheel)]
+            install = [app_wheel]
         py = "".join(args.python.split(".")[:2])
         cmd = [
             sys.executable,
@@ -181,7 +269,18 @@ def build(args: argparse.Namespace) -> dict:
             cmd += ["--platform", tag]
         if constraints:
             cmd += ["-c", str(constraints)]
-        run(cmd + [str(tmp / app_wheel), *args.extra])
+        if pins:
+            (tmp / "broker-constraints.txt").write_text("\n".join(pins) + "\n")
+            cmd += ["-c", str(tmp / "broker-constraints.txt")]
+        try:
+            run(cmd + targets + [*args.extra, *broker])
+        except WheelhouseError as exc:
+            if not pins:
+                raise
+            raise WheelhouseError(
+                f"{exc}\nThe app's pins may conflict with the toolkit's pins of the broker's "
+                f"client ({', '.join(pins)}): pin those packages in celery_app_constraints."
+            ) from None
         env = target_environment(args.python, args.arch)
         for _ in range(5):  # close over dependencies whose markers only the target meets
             missing = missing_for_target(tmp, env)
@@ -190,8 +289,15 @@ def build(args: argparse.Namespace) -> dict:
             run(cmd + missing)
         else:
             raise WheelhouseError(f"could not complete the wheelhouse for the target: {missing}")
-        requirements = sorted(p.name for p in tmp.glob("*.whl"))
-        data = {"path": str(out), "hash": key, "app_wheel": app_wheel, "requirements": requirements}
+        data = {
+            "path": str(out),
+            "hash": key,
+            "kind": kind,
+            "app_wheel": app_wheel,
+            "app_archive": app_archive,
+            "install": install + list(args.extra) + broker,
+            "requirements": sorted(p.name for p in tmp.glob("*.whl")),
+        }
         (tmp / "wheelhouse.json").write_text(json.dumps(data, indent=2) + "\n")
         tmp.rename(out)
     except BaseException:
@@ -208,7 +314,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", required=True, help="project folder or .whl of the app")
     parser.add_argument("--constraints", default="", help="pip constraints file (pins)")
+    parser.add_argument(
+        "--requirements", default="", help="a source tree's requirements file (default: its own)"
+    )
     parser.add_argument("--extra", action="append", default=[], help="extra requirement")
+    parser.add_argument(
+        "--broker", action="append", default=[], help="the broker's client, e.g. celery[redis]"
+    )
     parser.add_argument("--python", required=True, help="target Python, e.g. 3.11.2")
     parser.add_argument("--arch", required=True, help="target architecture, e.g. x86_64")
     parser.add_argument("--output", required=True, help="folder that holds wheelhouses")

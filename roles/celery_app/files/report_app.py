@@ -2,8 +2,12 @@
 """Import the app to deploy on the controller and report what it does with its tasks.
 
 Builds (or reuses) the app's wheelhouse for the controller's own Python, installs it with no
-index into a throwaway virtualenv cached by the wheelhouse hash, and runs inspect_app.py there
-with the app's environment. Prints inspect_app.py's JSON report. Nothing touches a host.
+index into a throwaway virtualenv cached by the wheelhouse hash (a source tree is unpacked beside
+it and put on its path, as on the hosts), and runs inspect_app.py there with the app's
+environment. Prints inspect_app.py's JSON report. Nothing touches a host.
+
+On failure it prints one short line (the last line of the error, e.g. the module that failed to
+import) and, after it, the full text for `-v` readers.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -27,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", required=True)
     parser.add_argument("--constraints", default="")
+    parser.add_argument("--requirements", default="")
     parser.add_argument("--extra", action="append", default=[])
+    parser.add_argument("--broker", action="append", default=[])
     parser.add_argument("--module", required=True, help="what `celery -A` is given")
     parser.add_argument("--env", default="{}", help="JSON object: the app's environment")
     parser.add_argument("--output", required=True, help="cache folder (wheelhouses, venvs)")
@@ -39,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
             argparse.Namespace(
                 source=args.source,
                 constraints=args.constraints,
+                requirements=args.requirements,
                 extra=args.extra,
+                broker=args.broker,
                 python=python,
                 arch=platform.machine(),
                 output=args.output,
@@ -49,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"report: {exc}", file=sys.stderr)
         return 1
     venv = (Path(args.output) / "inspect" / house["hash"][:16]).resolve()
+    src = venv / "src"
     if not (venv / ".complete").exists():
         shutil.rmtree(venv, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -62,12 +72,16 @@ def main(argv: list[str] | None = None) -> int:
             "--disable-pip-version-check",
             "--find-links",
             house["path"],
-            str(Path(house["path"]) / house["app_wheel"]),
+            *house["install"],
         ]
-        proc = subprocess.run(pip, capture_output=True, text=True)
+        proc = subprocess.run(pip, capture_output=True, text=True, cwd=house["path"])
         if proc.returncode != 0:
-            print(f"report: installing the app failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
+            fail("installing the app from its wheelhouse failed", proc.stderr)
             return 1
+        if house.get("app_archive"):
+            with tarfile.open(Path(house["path"]) / house["app_archive"]) as tar:
+                tar.extractall(src, filter="data")
+            add_to_path(venv, src)
         (venv / ".complete").touch()
     env = {**os.environ, **json.loads(args.env)}
     proc = subprocess.run(
@@ -75,13 +89,33 @@ def main(argv: list[str] | None = None) -> int:
         capture_output=True,
         text=True,
         env=env,
-        cwd="/",
+        cwd=str(src) if src.is_dir() else "/",
     )
     if proc.returncode != 0:
-        print(f"report: importing {args.module} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
+        fail(f"importing {args.module} failed", proc.stderr)
         return 1
     print(proc.stdout.strip())
     return 0
+
+
+def fail(what: str, stderr: str) -> None:
+    """One line a person reads first (the error's last line), then the full text for -v."""
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    print(f"{what}: {lines[-1].strip() if lines else 'no error message'}", file=sys.stderr)
+    if len(lines) > 1:
+        print("\n".join(["--- full error ---", *lines[-40:]]), file=sys.stderr)
+
+
+def add_to_path(venv: Path, src: Path) -> None:
+    """Put a source tree on the venv's sys.path (a .pth file), as release.yml does on hosts."""
+    code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    purelib = subprocess.run(
+        [str(venv / "bin/python"), "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    (Path(purelib) / "celery_toolkit_app.pth").write_text(f"{src}\n")
 
 
 if __name__ == "__main__":
