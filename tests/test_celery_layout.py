@@ -147,6 +147,7 @@ def test_filters_are_registered():
         "celery_app_report_errors",
         "celery_inventory_errors",
         "celery_private_addresses",
+        "celery_health_report",
     }
 
 
@@ -190,4 +191,27 @@ def test_rolling_batch_refuses_what_serial_would_choke_on(batch):
         "celery_deploy_batch must be a number of hosts (1 or more), a percentage from '1%' to "
         f"'100%', or a list of those; got {batch!r}: set it in group_vars/all (1 = one host at "
         "a time, the safest rolling restart)"
+    ]
+
+
+def test_health_report_names_the_group_its_state_and_its_log():
+    from celery_layout import celery_health_report
+
+    state = {
+        "item": "mail",
+        "stdout_lines": ["ActiveState=activating", "SubState=auto-restart", "NRestarts=7"],
+    }
+    log = {"stdout_lines": ["Traceback (most recent call last):", "ModuleNotFoundError: gevent"]}
+    assert celery_health_report([(state, log)], "vm1", 60) == [
+        "worker group 'mail' on vm1 does not answer a ping with its queues within 60 s "
+        "(celery_workers_health_timeout): systemd says activating (auto-restart), restarted 7 "
+        "times. Last lines of its log:",
+        "  | Traceback (most recent call last):",
+        "  | ModuleNotFoundError: gevent",
+    ]
+    beat = celery_health_report([({"stdout_lines": ["ActiveState=failed"]}, {})], "vm1", 6, "beat")
+    assert beat == [
+        "beat on vm1 did not stay active for 6 s: systemd says failed (?), restarted ? times. "
+        "Last lines of its log:",
+        "  | (empty)",
     ]

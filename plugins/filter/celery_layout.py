@@ -415,6 +415,36 @@ def celery_private_addresses(
     return addresses
 
 
+def celery_health_report(
+    checks: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]],
+    host: str,
+    timeout: int,
+    what: str = "worker group",
+) -> list[str]:
+    """The health gate's refusal: for each worker group (or `what`, e.g. beat) that does not
+    answer, what systemd says of it (`systemctl show` output) and the last lines of its log
+    (`journalctl -o cat`)."""
+    lines: list[str] = []
+    for state, log in checks:
+        name = str(state.get("item", "?"))
+        props = dict(
+            line.split("=", 1) for line in state.get("stdout_lines", []) if "=" in line
+        )
+        failure = (
+            f"worker group '{name}' on {host} does not answer a ping with its queues within "
+            f"{timeout} s (celery_workers_health_timeout)"
+            if what == "worker group"
+            else f"{what} on {host} did not stay active for {timeout} s"
+        )
+        lines.append(
+            f"{failure}: systemd says {props.get('ActiveState', '?')} "
+            f"({props.get('SubState', '?')}), restarted {props.get('NRestarts', '?')} times. "
+            "Last lines of its log:"
+        )
+        lines += [f"  | {line}" for line in log.get("stdout_lines", [])[-6:]] or ["  | (empty)"]
+    return lines
+
+
 def _truthy(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in {"1", "true", "yes", "on"}
@@ -430,4 +460,5 @@ class FilterModule:
             "celery_app_report_errors": celery_app_report_errors,
             "celery_inventory_errors": celery_inventory_errors,
             "celery_private_addresses": celery_private_addresses,
+            "celery_health_report": celery_health_report,
         }

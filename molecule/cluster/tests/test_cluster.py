@@ -216,6 +216,52 @@ def test_a_failed_host_halts_the_rollout_and_the_rest_keep_running(tmp_path):
     assert releases["cluster-fast-1"].split("-")[1] == releases["cluster-slow-1"].split("-")[1]
 
 
+def test_a_release_whose_workers_cannot_start_returns_the_host_and_halts(tmp_path):
+    """A new release whose fast group cannot start (a pool the release lacks) fails the health
+    gate on the first host: it returns to the release that ran and answers again; the hosts
+    after it are never reached."""
+    old = {host: current_release(host) for host in WORKERS}
+    defaults = yaml.safe_load((ROOT / "roles/celery_app/defaults/main.yml").read_text())
+    # a wheelhouse no host has a release of: a new release
+    pins = defaults["celery_app_extra_requirements"] + ["six==1.17.0", "typing_extensions==4.16.0"]
+    fast = yaml.safe_load(
+        (ROOT / "molecule/cluster/inventory/group_vars/fast_hosts.yml").read_text()
+    )
+    broken = tmp_path / "broken.yml"
+    broken.write_text(
+        yaml.safe_dump(
+            {
+                "all": {
+                    "hosts": {
+                        "cluster-fast-1": {
+                            "celery_workers_groups": [
+                                {**g, "pool": "gevent"} for g in fast["celery_workers_groups"]
+                            ],
+                            "celery_workers_health_timeout": 20,
+                        }
+                    }
+                }
+            }
+        )
+    )
+    proc, _ = run_playbook(
+        "deploy.yml",
+        "-e",
+        json.dumps({"celery_app_extra_requirements": pins}),
+        check=False,
+        inventories=(broken,),
+    )
+    out = re.sub(r"\s+", " ", proc.stdout)
+    assert proc.returncode != 0
+    assert "worker group 'fast' on cluster-fast-1 does not answer a ping" in out
+    assert f"cluster-fast-1 is back on release {old['cluster-fast-1']}" in out
+    assert {host: current_release(host) for host in WORKERS} == old
+    # the hosts after it were never reached: nothing changed there
+    recap = dict(re.findall(r"^(cluster-\S+)\s+: ok=\d+\s+changed=(\d+)", proc.stdout, re.M))
+    assert recap.get("cluster-fast-2") == "0" and recap.get("cluster-slow-1") == "0", recap
+    assert wait_until_workers_answer().returncode == 0
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _no_stopped_containers():
     yield

@@ -76,6 +76,48 @@ def assert_exactly_once(after, prefix):
     assert set(ledger) == expected
 
 
+def active_since(host, unit):
+    return host.check_output(f"systemctl show -p ActiveEnterTimestampMonotonic --value {unit}")
+
+
+def test_rollback_whose_single_worker_cannot_start_keeps_the_split_groups(host, tmp_path):
+    """The single worker derived from split groups that ask for a pool the release lacks
+    (gevent) crash-loops: the split groups must never stop, and the rollback must fail saying
+    why. (An extra inventory source: host vars win over the scenario's group_vars.)"""
+    before = {g: active_since(host, f"refapp-worker@{g}") for g in ("fast", "slow")}
+    groups = yaml.safe_load((ROOT / "roles/celery_workers/defaults/main.yml").read_text())[
+        "celery_workers_groups"
+    ]
+    broken = tmp_path / "broken.yml"
+    broken.write_text(
+        yaml.safe_dump(
+            {
+                "all": {
+                    "hosts": {
+                        "celery-toolkit-rollback": {
+                            "celery_workers_groups": [{**g, "pool": "gevent"} for g in groups],
+                            "celery_workers_health_timeout": 20,
+                        }
+                    }
+                }
+            }
+        )
+    )
+    proc, _ = run_playbook("rollback.yml", check=False, inventories=(broken,))
+    out = re.sub(r"\s+", " ", proc.stdout)
+    assert proc.returncode != 0
+    assert "worker group 'all' on celery-toolkit-rollback does not answer a ping" in out
+    assert "No module named ''gevent''" in out or "No module named 'gevent'" in out
+    assert "celery-toolkit-rollback is back on release" in out
+    assert "with layout split (fast, slow), and its groups answer" in out
+    # the split groups never stopped; the single worker is gone
+    assert {g: active_since(host, f"refapp-worker@{g}") for g in before} == before
+    assert not host.service("refapp-worker@all").is_running
+    assert not host.file("/etc/refapp/worker-all.env").exists
+    verify, _ = run_playbook("verify.yml")
+    assert re.search(r"layout\s+split\s", verify.stdout)
+
+
 @pytest.fixture(scope="module")
 def rollback_run(host):
     return switch_under_load(host, "rb", "rollback.yml")
