@@ -32,6 +32,25 @@ def test_workers_stop_warmly(host, unit):
     assert "Restart=always" in props
 
 
+@pytest.mark.parametrize("group", ["fast", "slow"])
+def test_every_stop_of_a_worker_drains_it_first(host, group):
+    unit = f"refapp-worker@{group}.service"
+    stop = host.check_output(f"systemctl show -p ExecStop {unit}")
+    assert "/usr/local/lib/celery-toolkit/celery_drain.py" in stop
+    assert f"{group}@" in stop or "%i@%H" in stop
+
+
+def test_stopping_a_group_drains_it_and_logs_so(host):
+    since = host.check_output("date '+%Y-%m-%d %H:%M:%S'")
+    host.run_expect([0], "systemctl stop refapp-worker@fast.service")
+    try:
+        log = host.check_output(f"journalctl -u refapp-worker@fast --since '{since}' -o cat")
+    finally:
+        host.run_expect([0], "systemctl start refapp-worker@fast.service")
+    assert "drained fast@" in log, log[-2000:]
+    assert "stopped consuming default,high" in log, log[-2000:]
+
+
 def test_slow_group_waits_for_long_tasks(host):
     out = host.check_output("systemctl show -p TimeoutStopUSec refapp-worker@slow.service")
     assert out == "TimeoutStopUSec=32min"

@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""Benchmark: stop a whole worker VM mid-load, again and again; count tasks lost and run twice.
+
+    .venv/bin/molecule converge -s cluster     # the fleet, once (molecule destroy -s cluster after)
+    .venv/bin/python tests/bench/vm_stop.py [--runs 10] [--tasks 200]
+
+Each run sends TASKS ledger tasks of 0.1 s to `high` (consumed by the fast group on
+cluster-fast-1 and cluster-fast-2), waits 2 s, `docker stop`s cluster-fast-2 (systemd shuts
+down: every worker unit drains, then stops warmly), waits until every task ran, starts the VM
+again and waits until its group answers. It does RUNS runs on an idle machine, then RUNS runs
+while CPU burners (one per core, started and stopped by this script) load the machine, and
+prints both side by side: runs, tasks not yet run when the VM stopped, lost, run twice, and the
+time `docker stop` took.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "molecule/resources"))
+
+from playbook_runner import LEDGER  # noqa: E402  (a sibling folder, not an installed module)
+
+SENDER, STOPPED, OTHER = "cluster-fast-1", "cluster-fast-2", "cluster-fast-1"
+LOAD = """
+import sys
+from refapp.tasks.ledger import record_fast
+prefix, n, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+for i in range(n):
+    record_fast.delay(f"{prefix}-{i}", seconds)
+"""
+PING = """
+import sys
+from refapp import app
+print(bool(app.control.inspect(destination=[sys.argv[1]], timeout=3).ping()))
+"""
+
+
+def as_app(container: str, script: str, *args: str) -> str:
+    proc = subprocess.run(
+        ["docker", "exec", container, "refapp-run", "python", "-c", script, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return proc.stdout.strip()
+
+
+def ledger(prefix: str) -> dict:
+    return json.loads(as_app(SENDER, LEDGER, prefix))
+
+
+def wait(predicate, timeout: float, step: float = 1.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return False
+
+
+def one_run(n: int) -> dict:
+    prefix = f"bench-vmstop-{uuid.uuid4().hex[:8]}"
+    as_app(SENDER, LOAD, prefix, str(n), "0.1")
+    time.sleep(2)
+    before = len(ledger(prefix)["ledger"])
+    started = time.monotonic()
+    subprocess.run(["docker", "stop", "-t", "120", STOPPED], check=True, capture_output=True)
+    stop_seconds = time.monotonic() - started
+    try:
+        wait(
+            lambda: len(ledger(prefix)["ledger"]) >= n and not ledger(prefix)["queued"]["high"], 240
+        )
+        time.sleep(3)  # a task run twice would show by now
+        runs = ledger(prefix)["ledger"]
+    finally:
+        subprocess.run(["docker", "start", STOPPED], check=True, capture_output=True)
+    node = f"fast@{STOPPED}"
+    if not wait(lambda: as_app(OTHER, PING, node) == "True", 180, 3):
+        sys.exit(f"{node} did not answer again after its VM started")
+    expected = {f"{prefix}-{i}" for i in range(n)}
+    return {
+        "pending": n - before,
+        "lost": len(expected - set(runs)),
+        "twice": sum(1 for count in runs.values() if count > 1),
+        "stop_s": stop_seconds,
+    }
+
+
+def burn(seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        pass
+
+
+def series(runs: int, n: int, busy: bool) -> list[dict]:
+    burners = []
+    if busy:  # bounded: each burner stops by itself after an hour, and is stopped below
+        burners = [
+            multiprocessing.Process(target=burn, args=(3600,), daemon=True)
+            for _ in range(multiprocessing.cpu_count())
+        ]
+        for proc in burners:
+            proc.start()
+    try:
+        results = []
+        for i in range(runs):
+            results.append(one_run(n))
+            print(f"  {'busy' if busy else 'idle'} run {i + 1}: {results[-1]}", flush=True)
+        return results
+    finally:
+        for proc in burners:
+            proc.terminate()
+            proc.join()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--tasks", type=int, default=200)
+    args = parser.parse_args()
+    table = {label: series(args.runs, args.tasks, label == "busy") for label in ("idle", "busy")}
+    print(
+        f"\nstop a fast VM mid-load: {args.tasks} tasks of 0.1 s on 'high', {args.runs} runs each"
+    )
+    print(
+        f"{'machine':<8} {'runs':>5} {'pending at stop':>16} {'lost':>5} {'run twice':>10} "
+        f"{'docker stop s':>14}"
+    )
+    for label, results in table.items():
+        pending = sorted(r["pending"] for r in results)
+        stops = sorted(r["stop_s"] for r in results)
+        print(
+            f"{label:<8} {len(results):>5} {f'{pending[0]}-{pending[-1]}':>16} "
+            f"{sum(r['lost'] for r in results):>5} {sum(r['twice'] for r in results):>10} "
+            f"{f'{stops[0]:.1f}-{stops[-1]:.1f}':>14}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
