@@ -148,6 +148,8 @@ def test_filters_are_registered():
         "celery_inventory_errors",
         "celery_private_addresses",
         "celery_health_report",
+        "celery_status_lines",
+        "celery_status_ok",
     }
 
 
@@ -215,3 +217,19 @@ def test_health_report_names_the_group_its_state_and_its_log():
         "Last lines of its log:",
         "  | (empty)",
     ]
+
+
+def test_status_table_keeps_rows_and_says_why_a_check_gave_none():
+    from celery_layout import celery_status_lines, celery_status_ok
+
+    good = {"stdout": '{"ok": true, "lines": ["worker fast@vm1 pong queues high"]}', "rc": 0}
+    bad = {"stdout": '{"ok": false, "lines": ["probe  low  ran on none   EXPECTED slow"]}'}
+    crashed = {"stdout": "", "rc": 1, "stderr_lines": ["Traceback ...", "KeyError: 'CELERY_APP'"]}
+    assert celery_status_lines([good, bad, crashed]) == [
+        "worker fast@vm1 pong queues high",
+        "probe  low  ran on none   EXPECTED slow",
+        "status check failed: KeyError: 'CELERY_APP'",
+    ]
+    assert celery_status_ok([good]) is True
+    assert celery_status_ok([good, bad]) is False
+    assert celery_status_ok([crashed]) is False

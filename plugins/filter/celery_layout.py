@@ -6,6 +6,7 @@ fault and the fix; an empty list means the layout is sound.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 from fnmatch import fnmatchcase
@@ -427,9 +428,7 @@ def celery_health_report(
     lines: list[str] = []
     for state, log in checks:
         name = str(state.get("item", "?"))
-        props = dict(
-            line.split("=", 1) for line in state.get("stdout_lines", []) if "=" in line
-        )
+        props = dict(line.split("=", 1) for line in state.get("stdout_lines", []) if "=" in line)
         failure = (
             f"worker group '{name}' on {host} does not answer a ping with its queues within "
             f"{timeout} s (celery_workers_health_timeout)"
@@ -443,6 +442,28 @@ def celery_health_report(
         )
         lines += [f"  | {line}" for line in log.get("stdout_lines", [])[-6:]] or ["  | (empty)"]
     return lines
+
+
+def _status_answer(result: Mapping[str, Any]) -> dict[str, Any]:
+    """celery_status.py's JSON from a command result; a row saying why when there is none."""
+    try:
+        answer = json.loads(result.get("stdout") or "")
+        if isinstance(answer, dict) and "lines" in answer:
+            return answer
+    except ValueError:
+        pass
+    errors = [line for line in result.get("stderr_lines") or [] if line.strip()]
+    why = errors[-1].strip() if errors else result.get("msg") or f"exit code {result.get('rc')}"
+    return {"ok": False, "lines": [f"status check failed: {why}"]}
+
+
+def celery_status_lines(results: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The status table from celery_status.py's answers (verify.yml), one line per row."""
+    return [line for result in results for line in _status_answer(result)["lines"]]
+
+
+def celery_status_ok(results: Iterable[Mapping[str, Any]]) -> bool:
+    return all(bool(_status_answer(result).get("ok")) for result in results)
 
 
 def _truthy(value: Any) -> bool:
@@ -461,4 +482,6 @@ class FilterModule:
             "celery_inventory_errors": celery_inventory_errors,
             "celery_private_addresses": celery_private_addresses,
             "celery_health_report": celery_health_report,
+            "celery_status_lines": celery_status_lines,
+            "celery_status_ok": celery_status_ok,
         }

@@ -8,9 +8,11 @@ Each run sends TASKS ledger tasks of 0.1 s to `high` (consumed by the fast group
 cluster-fast-1 and cluster-fast-2), waits 2 s, `docker stop`s cluster-fast-2 (systemd shuts
 down: every worker unit drains, then stops warmly), waits until every task ran, starts the VM
 again and waits until its group answers. It does RUNS runs on an idle machine, then RUNS runs
-while CPU burners (one per core, started and stopped by this script) load the machine, and
-prints both side by side: runs, tasks not yet run when the VM stopped, lost, run twice, and the
-time `docker stop` took.
+while CPU burners (one per core, started and stopped by this script) load the machine; with
+--compare, the same again with the drain switched off on the stopped VM (a runtime drop-in that
+empties ExecStop=, gone when the VM restarts): the stop is then Celery's warm shutdown alone.
+Prints the series side by side: runs, tasks not yet run when the VM stopped, lost, run twice,
+and the time `docker stop` took.
 """
 
 from __future__ import annotations
@@ -67,8 +69,17 @@ def wait(predicate, timeout: float, step: float = 1.0) -> bool:
     return False
 
 
-def one_run(n: int) -> dict:
+DROPIN = "/run/systemd/system/refapp-worker@fast.service.d"
+NO_DRAIN = (
+    f"mkdir -p {DROPIN} && printf '[Service]\\nExecStop=\\n' > {DROPIN}/nodrain.conf"
+    " && systemctl daemon-reload"
+)
+
+
+def one_run(n: int, drain: bool) -> dict:
     prefix = f"bench-vmstop-{uuid.uuid4().hex[:8]}"
+    if not drain:
+        subprocess.run(["docker", "exec", STOPPED, "sh", "-c", NO_DRAIN], check=True)
     as_app(SENDER, LOAD, prefix, str(n), "0.1")
     time.sleep(2)
     before = len(ledger(prefix)["ledger"])
@@ -101,7 +112,7 @@ def burn(seconds: float) -> None:
         pass
 
 
-def series(runs: int, n: int, busy: bool) -> list[dict]:
+def series(runs: int, n: int, busy: bool, drain: bool) -> list[dict]:
     burners = []
     if busy:  # bounded: each burner stops by itself after an hour, and is stopped below
         burners = [
@@ -113,8 +124,9 @@ def series(runs: int, n: int, busy: bool) -> list[dict]:
     try:
         results = []
         for i in range(runs):
-            results.append(one_run(n))
-            print(f"  {'busy' if busy else 'idle'} run {i + 1}: {results[-1]}", flush=True)
+            results.append(one_run(n, drain))
+            label = f"{'drain' if drain else 'no drain'}, {'busy' if busy else 'idle'}"
+            print(f"  {label} run {i + 1}: {results[-1]}", flush=True)
         return results
     finally:
         for proc in burners:
@@ -139,7 +151,7 @@ def main() -> int:
         pending = sorted(r["pending"] for r in results)
         stops = sorted(r["stop_s"] for r in results)
         print(
-            f"{label:<8} {len(results):>5} {f'{pending[0]}-{pending[-1]}':>16} "
+            f"{label:<16} {len(results):>5} {f'{pending[0]}-{pending[-1]}':>16} "
             f"{sum(r['lost'] for r in results):>5} {sum(r['twice'] for r in results):>10} "
             f"{f'{stops[0]:.1f}-{stops[-1]:.1f}':>14}"
         )

@@ -1,36 +1,47 @@
-"""Verify a deployed Celery layout from a worker host, as the app (<app>-run python -c ...).
+"""What Celery itself says of a deployed layout, asked from a worker host as the app
+(<app>-run python -c ...): the health gate after every start (roles/celery_workers/tasks/
+health.yml), playbooks/verify.yml and rollback.yml's queue count. Needs nothing from the app:
+no task of its own, no result backend.
 
 Reads one JSON object on the command line:
-  {"mode": "host", "groups": {"fast": ["high", "default"], ...}}
-      every group of this host answers ping and consumes exactly its queues;
+  {"mode": "host", "groups": {"fast": ["high", "default"], ...}, "timeout": 60}
+      every group of this host answers a ping and consumes exactly its queues (a group that
+      just started gets until the timeout);
   {"mode": "queued", "queues": ["high", ...]}
       how many messages wait in each queue;
-  {"mode": "probes", "task": "<probe task>", "groups": [{"name": "fast", "queues": [...]}, ...]}
-      a probe sent to each consumed queue is executed by a worker of a group that consumes it.
-Prints one JSON object: "ok", the "rows" checked and the "lines" of the status table.
+  {"mode": "probes", "groups": [{"name": "fast", "queues": [...]}, ...], "timeout": 60}
+      Celery's built-in task `celery.accumulate` is sent to every consumed queue, and Celery's
+      task events (every worker unit runs with --task-events) say which worker ran it: it must
+      be a worker of a group that consumes that queue.
+Prints one JSON object: "ok", the "rows" checked and the "lines" of the status table. Never a
+traceback: an error becomes the row's text.
 """
 
 import json
 import os
 import socket
 import sys
+import threading
 import time
 import uuid
 
 from celery.app.utils import find_app
 
+PROBE_TASK = "celery.accumulate"  # registered by Celery in every app
+
 
 def check_host(app, groups: dict, timeout: float = 60) -> dict:
     host = socket.gethostname()
     nodes = {f"{group}@{host}": sorted(queues) for group, queues in groups.items()}
+    deadline = time.monotonic() + timeout
     rows, ok = [], True
     for node, want in sorted(nodes.items()):
-        inspect = app.control.inspect(destination=[node], timeout=5.0)
-        ping, active, deadline = None, None, time.monotonic() + timeout
-        while time.monotonic() < deadline:  # a group that just (re)started needs a moment
+        inspect = app.control.inspect(destination=[node], timeout=3.0)
+        ping, active = None, None
+        while True:  # a group that just (re)started needs a moment
             ping = (inspect.ping() or {}).get(node)
             active = (inspect.active_queues() or {}).get(node)
-            if ping and active is not None:
+            if (ping and active is not None) or time.monotonic() >= deadline:
                 break
             time.sleep(2)
         got = sorted(q["name"] for q in active or [])
@@ -53,41 +64,71 @@ def check_host(app, groups: dict, timeout: float = 60) -> dict:
     return {"ok": ok, "rows": rows, "lines": lines}
 
 
-def check_probes(app, task: str, groups: list) -> dict:
+class TaskEvents:
+    """Celery's task-succeeded events, captured in a thread: task id -> (worker, time)."""
+
+    def __init__(self, app, wanted: set[str]):
+        self.wanted, self.ran = wanted, {}
+        self.ready, self.done = threading.Event(), threading.Event()
+        self.connection = app.connection_for_read()
+        self.receiver = app.events.Receiver(
+            self.connection,
+            handlers={"task-succeeded": self.on_task, "worker-heartbeat": self.on_heartbeat},
+        )
+        self.thread = threading.Thread(target=self.capture, daemon=True)
+
+    def capture(self):
+        try:  # wakeup: the workers send a heartbeat once this consumer listens
+            self.receiver.capture(limit=None, timeout=None, wakeup=True)
+        except Exception:  # the rows say what did not arrive
+            self.done.set()
+
+    def on_heartbeat(self, event):
+        self.ready.set()
+
+    def on_task(self, event):
+        if event.get("uuid") in self.wanted:
+            self.ran[event["uuid"]] = (event.get("hostname", "?"), time.monotonic())
+            if set(self.ran) >= self.wanted:
+                self.done.set()
+
+    def __enter__(self):
+        self.thread.start()
+        self.ready.wait(10)  # events are published, not queued: listen before sending
+        return self
+
+    def __exit__(self, *exc):
+        self.receiver.should_stop = True
+        self.thread.join(5)
+        self.connection.release()
+
+
+def check_probes(app, groups: list, timeout: float = 60) -> dict:
     expect: dict[str, list[str]] = {}
     for group in groups:
         for queue in group["queues"]:
             expect.setdefault(queue, []).append(group["name"])
+    ids = {queue: str(uuid.uuid4()) for queue in expect}
+    sent, errors = {}, {}
+    with TaskEvents(app, set(ids.values())) as events:
+        for queue, task_id in sorted(ids.items()):
+            try:
+                app.send_task(PROBE_TASK, args=[f"verify-{queue}"], queue=queue, task_id=task_id)
+                sent[queue] = time.monotonic()
+            except Exception as exc:  # report every queue, not just the first failure
+                errors[queue] = f"{type(exc).__name__}: {exc}"
+        events.done.wait(timeout)
     rows, ok = [], True
-    for queue, groups in sorted(expect.items()):
-        token = f"verify-{queue}-{uuid.uuid4().hex[:8]}"
-        started = time.monotonic()
-        try:
-            result = app.send_task(task, args=[token], queue=queue).get(timeout=60)
-            worker = result.get("worker", "")
-            seconds = round(time.monotonic() - started, 3)
-            row_ok = result.get("token") == token and worker.split("@")[0] in groups
-            rows.append(
-                {
-                    "queue": queue,
-                    "worker": worker,
-                    "expected": groups,
-                    "seconds": seconds,
-                    "release": result.get("release", ""),
-                    "ok": row_ok,
-                }
-            )
-        except Exception as exc:  # report every queue, not just the first failure
-            row_ok = False
-            rows.append(
-                {
-                    "queue": queue,
-                    "worker": f"none ({type(exc).__name__}: {exc})",
-                    "expected": groups,
-                    "ok": False,
-                }
-            )
-        ok = ok and row_ok
+    for queue, groups_of_queue in sorted(expect.items()):
+        worker, finished = events.ran.get(ids[queue], (None, None))
+        row = {"queue": queue, "expected": groups_of_queue, "ok": False}
+        if worker:
+            row.update(worker=worker, seconds=round(finished - sent[queue], 3))
+            row["ok"] = worker.split("@")[0] in groups_of_queue
+        else:
+            row["worker"] = f"none ({errors.get(queue) or f'no worker ran it in {timeout:.0f} s'})"
+        ok = ok and row["ok"]
+        rows.append(row)
     lines = [
         f"probe  {r['queue']:<8} ran on {r['worker']:<28} {r.get('seconds', '-')} s"
         + ("" if r["ok"] else f"   EXPECTED a worker of {','.join(r['expected'])}")
@@ -105,13 +146,16 @@ def count_queued(app, queues: list) -> dict:
 
 def main() -> int:
     spec = json.loads(sys.argv[1])
-    app = find_app(os.environ["CELERY_APP"])
-    if spec["mode"] == "host":
-        out = check_host(app, spec["groups"], spec.get("timeout", 60))
-    elif spec["mode"] == "queued":
-        out = count_queued(app, spec["queues"])
-    else:
-        out = check_probes(app, spec["task"], spec["groups"])
+    try:
+        app = find_app(os.environ["CELERY_APP"])
+        if spec["mode"] == "host":
+            out = check_host(app, spec["groups"], spec.get("timeout", 60))
+        elif spec["mode"] == "queued":
+            out = count_queued(app, spec["queues"])
+        else:
+            out = check_probes(app, spec["groups"], spec.get("timeout", 60))
+    except Exception as exc:
+        out = {"ok": False, "rows": [], "lines": [f"{spec['mode']}: {type(exc).__name__}: {exc}"]}
     print(json.dumps(out))
     return 0
 

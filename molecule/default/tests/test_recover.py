@@ -1,0 +1,106 @@
+"""Stranded tasks come back in seconds, not after the visibility timeout (2 hours for refapp).
+
+Runs after test_default.py on the same converged host.
+"""
+
+import json
+import re
+import time
+import uuid
+
+from playbook_runner import LEDGER, record_figure, run_playbook
+
+RUN = uuid.uuid4().hex[:8]
+LOAD = """
+import sys
+from refapp.tasks.ledger import record_fast
+prefix, n, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+for i in range(n):
+    record_fast.delay(f"{prefix}-{i}", seconds)
+"""
+# A consumer that takes a task from `low` and dies before it acknowledges it (os._exit skips
+# kombu's own give-back at close): the task stays in the broker's unacked hash.
+STRAND = """
+import os, sys
+from refapp import app
+from refapp.tasks.ledger import record_slow
+result = record_slow.delay(sys.argv[1], 0)
+with app.connection_for_write() as conn:
+    message = conn.default_channel.basic_get("low", no_ack=False)
+    assert message is not None
+print(result.id, flush=True)
+os._exit(0)
+"""
+
+
+def as_app(host, script, *args):
+    quoted = " ".join(f"'{a}'" for a in args)
+    return host.check_output(f"refapp-run python -c '{script.replace(chr(39), chr(34))}' {quoted}")
+
+
+def ledger(host, prefix):
+    return json.loads(as_app(host, LEDGER, prefix))["ledger"]
+
+
+def wait_for(predicate, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(1)
+    return predicate()
+
+
+def test_kill_9_of_a_worker_leaves_no_task_stranded(host):
+    """kill -9 of the fast group's main process with 10 tasks of 4 s in flight: every task runs
+    (at least once: a task a pool child finished after its parent died was never acknowledged)
+    within minutes, not after the 2-hour visibility timeout."""
+    prefix, n = f"kill9-{RUN}", 10
+    as_app(host, LOAD, prefix, str(n), "4")
+    assert wait_for(lambda: int(active_count(host)) >= 4, 30), "the fast group did not start"
+    pid = host.check_output("systemctl show -p MainPID --value refapp-worker@fast")
+    killed = time.monotonic()
+    host.run_expect([0], f"kill -9 {pid}")
+    ran = wait_for(lambda: len(ledger(host, prefix)) == n, 180)
+    seconds = round(time.monotonic() - killed, 1)
+    runs = ledger(host, prefix)
+    record_figure(
+        "recover-figures.json",
+        "kill -9 of fast's main process, 10 tasks of 4 s",
+        {"all_ran_after_s": seconds, "ran_twice": sum(1 for c in runs.values() if c > 1)},
+    )
+    assert ran, f"{n - len(runs)} of {n} tasks never ran in 180 s: {sorted(runs)}"
+    log = host.check_output("journalctl -u refapp-worker@fast -o cat -n 200")
+    assert re.search(r"requeued \S+ refapp\.tasks\.ledger\.record_fast -> high", log), log[-3000:]
+
+
+def active_count(host):
+    return host.check_output(
+        "refapp-run celery -A refapp inspect active -d fast@$(hostname) -j 2>/dev/null"
+        " | python3 -c 'import json,sys; print(sum(len(v) for v in json.load(sys.stdin).values()))'"
+        " || echo 0"
+    )
+
+
+def test_recover_playbook_gives_back_a_stranded_task_once(host):
+    token = f"strand-{RUN}"
+    host.run_expect([0], "systemctl stop refapp-worker@slow")  # nobody consumes `low`
+    try:
+        task_id = as_app(host, STRAND, token).strip()
+    finally:
+        host.run_expect([0], "systemctl start refapp-worker@slow")
+    dry, _ = run_playbook("recover.yml", "-e", "celery_recover_dry_run=true")
+    assert re.search(
+        rf"would requeue {task_id} refapp\.tasks\.ledger\.record_slow -> low", dry.stdout
+    )
+    assert "dry run: nothing changed" in dry.stdout
+    assert ledger(host, token) == {}
+    real, _ = run_playbook("recover.yml")
+    assert re.search(rf"requeued {task_id} refapp\.tasks\.ledger\.record_slow -> low", real.stdout)
+    assert wait_for(lambda: ledger(host, token) == {token: 1}, 60), ledger(host, token)
+    again, _ = run_playbook("recover.yml")
+    assert task_id not in again.stdout
+    recap = [
+        line for line in again.stdout.splitlines() if line.startswith("celery-toolkit-default")
+    ]
+    assert recap and "changed=0" in recap[-1], recap
