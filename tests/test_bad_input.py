@@ -27,7 +27,7 @@ DEFAULT_ROUTES = yaml.safe_load((ROOT / "roles/celery_app/defaults/main.yml").re
 ]
 SOUND = {
     "redis_password": "a-real-broker-secret-0123456789",
-    "celery_app_broker_url": "redis://:a-real-broker-secret-0123456789@10.1.2.3:6379/0",
+    "celery_app_broker_url": "redis://:a-real-broker-secret-0123456789@127.0.0.1:6379/0",
     "flower_basic_auth_user": "ops",
     "flower_basic_auth_password": "a-real-flower-secret-42",
 }
@@ -198,6 +198,69 @@ CASES = [
         {"celery_app_broker_url": ""},
         None,
         "celery_app_broker_url on vm1 is empty",
+    ),
+    (
+        "app-name-not-a-user-or-unit",
+        {"celery_app_name": "Shop API"},
+        None,
+        "celery_app_name on vm1 is 'Shop API': it names the app's system user, /opt/<name>, "
+        "/etc/<name> and its systemd units",
+    ),
+    (
+        "app-user-root",
+        {"celery_app_user": "root"},
+        None,
+        "celery_app_user on vm1 is 'root', an account the system (or the broker) already has",
+    ),
+    (
+        "base-dir-a-system-folder",
+        {"celery_app_base_dir": "/usr/local"},
+        None,
+        "celery_app_base_dir on vm1 is /usr/local, a folder the system owns",
+    ),
+    (
+        "config-dir-with-a-space",
+        {"celery_app_config_dir": "/etc/ref app"},
+        None,
+        "celery_app_config_dir on vm1 is '/etc/ref app': it must be an absolute path",
+    ),
+    (
+        "broker-url-wrong-password",
+        {"celery_app_broker_url": "redis://:another-secret-0123456789@127.0.0.1:6379/0"},
+        None,
+        "celery_app_broker_url on vm1 authenticates as Redis's default user with a password "
+        "that is not redis_password of vm1",
+    ),
+    (
+        "broker-url-password-without-colon",
+        {"celery_app_broker_url": "redis://a-real-broker-secret-0123456789@127.0.0.1:6379/0"},
+        None,
+        "celery_app_broker_url on vm1 has a secret before '@' but no ':' in front of it",
+    ),
+    (
+        "broker-url-unknown-acl-user",
+        {"celery_app_broker_url": "redis://shop:a-real-broker-secret-0123456789@127.0.0.1/0"},
+        None,
+        "celery_app_broker_url on vm1 authenticates as the Redis user 'shop', which is not in "
+        "redis_acl_users of vm1",
+    ),
+    (
+        "broker-url-loopback-from-a-host-without-redis",
+        {},
+        {},
+        "celery_app_broker_url on vm2 points at 127.0.0.1, but vm2 runs no Redis",
+    ),
+    (
+        "broker-url-address-redis-does-not-listen-on",
+        {"celery_app_broker_url": "redis://:a-real-broker-secret-0123456789@10.1.2.3:6379/0"},
+        None,
+        "celery_app_broker_url on vm1 points at 10.1.2.3, where no broker host listens",
+    ),
+    (
+        "broker-url-wrong-port",
+        {"celery_app_broker_url": "redis://:a-real-broker-secret-0123456789@127.0.0.1:6380/0"},
+        None,
+        "celery_app_broker_url on vm1 uses port 6380, but Redis on vm1 listens on redis_port 6379",
     ),
     (
         "eviction-policy-drops-tasks",

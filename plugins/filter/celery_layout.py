@@ -7,10 +7,12 @@ fault and the fix; an empty list means the layout is sound.
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 from collections.abc import Iterable, Mapping
 from fnmatch import fnmatchcase
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 GROUP_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 POOLS = ("prefork", "threads", "solo", "gevent", "eventlet")
@@ -306,6 +308,216 @@ def batch_errors(value: Any) -> list[str]:
     ]
 
 
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+# Accounts a Debian host already has (or that the toolkit's other services use): the app must
+# run as its own unprivileged user, and its folders and units must not take over theirs.
+RESERVED_ACCOUNTS = _words(
+    "root daemon bin sys sync games man lp mail news uucp proxy www-data backup list irc "
+    "gnats nobody nogroup adm sudo staff users disk shadow utmp tty kmem dialout cdrom floppy "
+    "audio video plugdev netdev operator src voice tape input sgx kvm render crontab "
+    "messagebus sshd _apt systemd-journal systemd-network systemd-resolve systemd-timesync "
+    "redis docker"
+)
+# Folders the system owns: the toolkit makes its base and config folders its own (owner, mode)
+# and deletes old releases in the base folder.
+SYSTEM_FOLDERS = _words(
+    "/bin /boot /dev /etc /home /lib /lib64 /media /mnt /opt /proc /root /run /sbin /srv /sys "
+    "/tmp /usr /var /usr/bin /usr/include /usr/lib /usr/lib64 /usr/libexec /usr/local "
+    "/usr/local/bin /usr/local/lib /usr/local/sbin /usr/local/share /usr/sbin /usr/share "
+    "/usr/src /var/backups /var/cache /var/lib /var/local /var/log /var/mail /var/opt "
+    "/var/spool /var/tmp /var/www /etc/apt /etc/default /etc/init.d /etc/pam.d /etc/redis "
+    "/etc/security /etc/ssh /etc/ssl /etc/sudoers.d /etc/systemd /etc/cron.d /etc/logrotate.d"
+)
+VOLATILE_FOLDERS = ("/dev", "/proc", "/run", "/sys", "/tmp", "/var/tmp")
+SAFE_PATH = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
+LOOPBACK = ("localhost", "localhost.localdomain", "::1")
+
+
+def app_name_errors(host: str, hv: Mapping[str, Any]) -> list[str]:
+    """celery_app_name (and the user and group it defaults) become a system user, folders and
+    systemd unit names; the base and config folders become the app's own."""
+    errors: list[str] = []
+    name = str(hv.get("celery_app_name", "refapp"))
+    for var, value in (
+        ("celery_app_name", name),
+        ("celery_app_user", str(hv.get("celery_app_user", name))),
+        ("celery_app_group", str(hv.get("celery_app_group", name))),
+    ):
+        if var != "celery_app_name" and value == name:
+            continue  # the default: reported once, for celery_app_name
+        if not GROUP_NAME.match(value):
+            errors.append(
+                f"{var} on {host} is {value!r}: it names "
+                + (
+                    "the app's system user, /opt/<name>, /etc/<name> and its systemd units "
+                    "(<name>-worker@.service)"
+                    if var == "celery_app_name"
+                    else f"a system {var.rsplit('_', 1)[1]}"
+                )
+                + ", so it must be lowercase letters, digits, '-' or '_', starting with a "
+                "letter, at most 32 characters (e.g. 'shop')."
+            )
+        elif value in RESERVED_ACCOUNTS:
+            errors.append(
+                f"{var} on {host} is {value!r}, an account the system (or the broker) already "
+                "has: the app runs as its own unprivileged user. Choose another "
+                f"{'name' if var == 'celery_app_name' else var.rsplit('_', 1)[1]} (e.g. 'shop')."
+            )
+    dirs = {
+        "celery_app_base_dir": str(hv.get("celery_app_base_dir", f"/opt/{name}")),
+        "celery_app_config_dir": str(hv.get("celery_app_config_dir", f"/etc/{name}")),
+    }
+    name_ok = not errors or not errors[0].startswith("celery_app_name ")
+    for var, path in dirs.items():
+        if var not in hv and not name_ok:
+            continue  # derived from the name, which is already refused
+        example = "/opt/<app>" if var == "celery_app_base_dir" else "/etc/<app>"
+        if not SAFE_PATH.match(path) or posixpath.normpath(path) != path or "/../" in path + "/":
+            errors.append(
+                f"{var} on {host} is {path!r}: it must be an absolute path of letters, digits, "
+                f"'.', '_' and '-' (no spaces, no '..', no trailing '/'), e.g. {example}."
+            )
+        elif path in SYSTEM_FOLDERS:
+            errors.append(
+                f"{var} on {host} is {path}, a folder the system owns: the toolkit makes it the "
+                f"app's own (owner, mode{', old releases deleted' if 'base' in var else ''}). "
+                f"Use a folder of the app's own, e.g. {example}."
+            )
+        elif path.startswith(tuple(f + "/" for f in VOLATILE_FOLDERS)):
+            errors.append(
+                f"{var} on {host} is {path}, on a file system that is emptied at boot or "
+                f"belongs to the kernel: use a persistent folder, e.g. {example}."
+            )
+    base, config = dirs.values()
+    if base == config or base.startswith(config + "/") or config.startswith(base + "/"):
+        errors.append(
+            f"celery_app_base_dir ({base}) and celery_app_config_dir ({config}) on {host} must be "
+            "two separate folders, neither inside the other: releases are replaced and deleted "
+            "in the first, the secrets live in the second."
+        )
+    return errors
+
+
+def _binds(hv: Mapping[str, Any]) -> list[str]:
+    return [str(a).lstrip("-") for a in hv.get("redis_bind_addresses", ["127.0.0.1", "-::1"])]
+
+
+def _is_loopback(address: str) -> bool:
+    return address in LOOPBACK or address.startswith("127.")
+
+
+def broker_url_errors(
+    workers: Iterable[str], brokers: Iterable[str], hostvars: Mapping[str, Mapping[str, Any]]
+) -> list[str]:
+    """celery_app_broker_url must reach a broker host of the inventory where its Redis listens
+    (address, port, database) and authenticate as a user that Redis will have: `default` with
+    redis_password, or one of redis_acl_users. Never prints a secret."""
+    errors: list[str] = []
+    brokers = list(brokers)
+    form = "redis://:PASSWORD@HOST:PORT/DB (or redis://USER:PASSWORD@HOST:PORT/DB)"
+    for worker in workers:
+        url = hostvars[worker].get("celery_app_broker_url")
+        if not url:
+            continue  # secret_errors names it
+        where = f"celery_app_broker_url on {worker}"
+        try:
+            parts = urlsplit(str(url))
+            port = parts.port or 6379
+        except ValueError:
+            errors.append(f"{where} is not a URL the broker client can read: write it as {form}.")
+            continue
+        if parts.scheme != "redis":
+            scheme = parts.scheme or "(none)"
+            errors.append(
+                f"{where} uses the scheme {scheme!r}: the toolkit's broker is the Redis it "
+                f"deploys on the broker group, reached as {form}."
+            )
+            continue
+        if not brokers:
+            continue  # a broker the inventory does not manage
+        address = parts.hostname or "localhost"
+        if _is_loopback(address):
+            if worker not in brokers:
+                listen = "; ".join(f"{b}: {', '.join(_binds(hostvars[b]))}" for b in brokers)
+                errors.append(
+                    f"{where} points at {address}, but {worker} runs no Redis (it is not in the "
+                    f"broker group): use an address a broker host listens on ({listen})."
+                )
+                continue
+            target = worker
+        else:
+            found = [
+                b
+                for b in brokers
+                if address in _binds(hostvars[b])
+                or (
+                    address in (b, str(hostvars[b].get("ansible_host", b)))
+                    and any(a in ("0.0.0.0", "*", "::") for a in _binds(hostvars[b]))
+                )
+            ]
+            if not found:
+                listen = "; ".join(f"{b}: {', '.join(_binds(hostvars[b]))}" for b in brokers)
+                errors.append(
+                    f"{where} points at {address}, where no broker host listens "
+                    f"(redis_bind_addresses: {listen}): put one of those addresses in the URL, "
+                    f"or add {address} to the broker's redis_bind_addresses."
+                )
+                continue
+            target = found[0]
+        hv = hostvars[target]
+        redis_port = int(hv.get("redis_port", 6379))
+        if port != redis_port:
+            errors.append(
+                f"{where} uses port {port}, but Redis on {target} listens on redis_port "
+                f"{redis_port}: use {redis_port} in the URL."
+            )
+        databases = int(hv.get("redis_databases", 16))
+        db = parts.path.strip("/") or "0"
+        if not db.isdigit() or int(db) >= databases:
+            errors.append(
+                f"{where} names the database {db!r}, but Redis on {target} has databases 0 to "
+                f"{databases - 1} (redis_databases): end the URL with /0 (or another of those)."
+            )
+        if parts.username and parts.password is None:
+            errors.append(
+                f"{where} has a secret before '@' but no ':' in front of it, so Redis would read "
+                "it as a user name (and print it in errors): write redis://:SECRET@HOST:PORT/DB."
+            )
+            continue
+        user = unquote(parts.username or "") or "default"
+        password = unquote(parts.password or "")
+        if user == "default":
+            expected = hv.get("redis_password")
+            if expected and password != str(expected):
+                errors.append(
+                    f"{where} authenticates as Redis's default user with a password that is not "
+                    f"redis_password of {target}: write the URL as "
+                    "redis://:{{ redis_password | urlencode }}@HOST:PORT/DB, or as a user of "
+                    "redis_acl_users."
+                )
+            continue
+        users = {
+            str(u.get("name")): u for u in hv.get("redis_acl_users") or [] if isinstance(u, Mapping)
+        }
+        if user not in users:
+            known = ", ".join(sorted(users)) or "none"
+            errors.append(
+                f"{where} authenticates as the Redis user {user!r}, which is not in "
+                f"redis_acl_users of {target} (users: {known}): add it there, or use "
+                "redis://:PASSWORD@... with redis_password for the default user."
+            )
+        elif password != str(users[user].get("password", "")):
+            errors.append(
+                f"{where} authenticates as the Redis user {user!r} with a password that is not "
+                f"the one redis_acl_users gives {user!r} on {target}: use that password "
+                "(URL-encoded) in the URL."
+            )
+    return errors
+
+
 def celery_inventory_errors(
     groups: Mapping[str, Iterable[str]],
     hostvars: Mapping[str, Mapping[str, Any]],
@@ -320,7 +532,9 @@ def celery_inventory_errors(
     if workers and "celery_deploy_batch" in hostvars[workers[0]]:
         errors += batch_errors(hostvars[workers[0]]["celery_deploy_batch"])
     for host in workers:
+        errors += app_name_errors(host, hostvars[host])
         errors += group_errors(host, hostvars[host].get("celery_workers_groups", default_groups))
+    errors += broker_url_errors(workers, groups.get("broker", []), hostvars)
     needs: dict[str, dict[str, int]] = {}
     for host in groups.get("broker", []):
         needs.setdefault(host, {})["redis_password"] = 16
