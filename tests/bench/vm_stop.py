@@ -2,17 +2,23 @@
 """Benchmark: stop a whole worker VM mid-load, again and again; count tasks lost and run twice.
 
     .venv/bin/molecule converge -s cluster     # the fleet, once (molecule destroy -s cluster after)
-    .venv/bin/python tests/bench/vm_stop.py [--runs 10] [--tasks 200]
+    .venv/bin/python tests/bench/vm_stop.py [--runs 10] [--tasks 200] [--compare 3] [--kill-runs 5]
 
 Each run sends TASKS ledger tasks of 0.1 s to `high` (consumed by the fast group on
 cluster-fast-1 and cluster-fast-2), waits 2 s, `docker stop`s cluster-fast-2 (systemd shuts
 down: every worker unit drains, then stops warmly), waits until every task ran, starts the VM
 again and waits until its group answers. It does RUNS runs on an idle machine, then RUNS runs
 while CPU burners (one per core, started and stopped by this script) load the machine; with
---compare, the same again with the drain switched off on the stopped VM (a runtime drop-in that
-empties ExecStop=, gone when the VM restarts): the stop is then Celery's warm shutdown alone.
+--compare N, N runs of each again with the drain switched off on the stopped VM (a runtime
+drop-in that empties ExecStop=, gone when the VM restarts): the stop is then Celery's warm
+shutdown alone.
 Prints the series side by side: runs, tasks not yet run when the VM stopped, lost, run twice,
 and the time `docker stop` took.
+
+Then KILL_RUNS times: kill -9 of the fast group's main process on cluster-fast-2 with 10 tasks
+of 4 s in flight, timed until every task ran (the unit's ExecStopPost gives back what the dead
+worker held). With --compare, one run more with that ExecStopPost emptied: how many tasks are
+still stranded after 90 s (given back by hand afterwards, as playbooks/recover.yml does).
 """
 
 from __future__ import annotations
@@ -134,27 +140,138 @@ def series(runs: int, n: int, busy: bool, drain: bool) -> list[dict]:
             proc.join()
 
 
+NO_RECOVER = (
+    f"mkdir -p {DROPIN} && printf '[Service]\\nExecStopPost=\\n' > {DROPIN}/norecover.conf"
+    " && systemctl daemon-reload"
+)
+RECOVER = "refapp-run python /usr/local/lib/celery-toolkit/celery_recover.py --margin 5"
+
+
+def main_pid(container: str) -> str:
+    return subprocess.run(
+        [
+            "docker",
+            "exec",
+            container,
+            "systemctl",
+            "show",
+            "-p",
+            "MainPID",
+            "--value",
+            "refapp-worker@fast",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
+def kill_run(recover: bool, n: int = 10, seconds: float = 4.0, patience: float = 90) -> dict:
+    """kill -9 of the fast group's main process on STOPPED with N tasks of SECONDS in flight;
+    with recover=False its ExecStopPost is emptied (runtime drop-in) for this run."""
+    prefix = f"bench-kill9-{uuid.uuid4().hex[:8]}"
+    if not recover:
+        subprocess.run(["docker", "exec", STOPPED, "sh", "-c", NO_RECOVER], check=True)
+    try:
+        as_app(SENDER, LOAD, prefix, str(n), str(seconds))
+        time.sleep(2)
+        pid = main_pid(STOPPED)
+        killed = time.monotonic()
+        subprocess.run(["docker", "exec", STOPPED, "kill", "-9", pid], check=True)
+        all_ran = wait(lambda: len(ledger(prefix)["ledger"]) >= n, patience)
+        after = round(time.monotonic() - killed, 1)
+        stranded = n - len(ledger(prefix)["ledger"])
+    finally:
+        if not recover:
+            subprocess.run(
+                [
+                    "docker",
+                    "exec",
+                    STOPPED,
+                    "sh",
+                    "-c",
+                    f"rm -f {DROPIN}/norecover.conf && systemctl daemon-reload",
+                ],
+                check=True,
+            )
+    if not all_ran:  # give the stranded tasks back by hand, as recover.yml does
+        subprocess.run(
+            ["docker", "exec", SENDER, "sh", "-c", RECOVER], check=True, capture_output=True
+        )
+        if not wait(lambda: len(ledger(prefix)["ledger"]) >= n, 60):
+            sys.exit(f"{prefix}: tasks still not run after a manual recovery")
+    node = f"fast@{STOPPED}"
+    if not wait(lambda: as_app(OTHER, PING, node) == "True", 120, 3):
+        sys.exit(f"{node} did not answer again after kill -9")
+    runs = ledger(prefix)["ledger"]
+    return {
+        "all_ran_s": after if all_ran else None,
+        "stranded_after_s": None if all_ran else (patience, stranded),
+        "twice": sum(1 for count in runs.values() if count > 1),
+        "lost": n - len(runs),
+    }
+
+
+def kill_series(runs: int, recover: bool) -> list[dict]:
+    results = []
+    for i in range(runs):
+        results.append(kill_run(recover))
+        label = "ExecStopPost recovery" if recover else "no recovery"
+        print(f"  kill -9, {label}, run {i + 1}: {results[-1]}", flush=True)
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--tasks", type=int, default=200)
+    parser.add_argument(
+        "--compare",
+        type=int,
+        default=0,
+        metavar="RUNS",
+        help="runs without the drain (and one kill -9 without recovery)",
+    )
+    parser.add_argument("--kill-runs", type=int, default=5, help="kill -9 runs (0: none)")
     args = parser.parse_args()
-    table = {label: series(args.runs, args.tasks, label == "busy") for label in ("idle", "busy")}
+    modes = {True: args.runs, False: args.compare}
+    table = {
+        (drain, busy): series(runs, args.tasks, busy, drain)
+        for drain, runs in modes.items()
+        if runs
+        for busy in (False, True)
+    }
+    print(f"\nstop a fast VM mid-load: {args.tasks} tasks of 0.1 s on 'high'")
     print(
-        f"\nstop a fast VM mid-load: {args.tasks} tasks of 0.1 s on 'high', {args.runs} runs each"
+        f"{'stop':<10} {'machine':<8} {'runs':>5} {'pending at stop':>16} {'lost':>5} "
+        f"{'run twice':>10} {'docker stop s':>14}"
     )
-    print(
-        f"{'machine':<8} {'runs':>5} {'pending at stop':>16} {'lost':>5} {'run twice':>10} "
-        f"{'docker stop s':>14}"
-    )
-    for label, results in table.items():
+    for (drain, busy), results in table.items():
         pending = sorted(r["pending"] for r in results)
         stops = sorted(r["stop_s"] for r in results)
         print(
-            f"{label:<16} {len(results):>5} {f'{pending[0]}-{pending[-1]}':>16} "
+            f"{'drain' if drain else 'warm only':<10} {'busy' if busy else 'idle':<8} "
+            f"{len(results):>5} {f'{pending[0]}-{pending[-1]}':>16} "
             f"{sum(r['lost'] for r in results):>5} {sum(r['twice'] for r in results):>10} "
             f"{f'{stops[0]:.1f}-{stops[-1]:.1f}':>14}"
         )
+    if args.kill_runs:
+        kills = {True: kill_series(args.kill_runs, True)}
+        if args.compare:
+            kills[False] = kill_series(1, False)
+        print(f"\nkill -9 of fast's main process on {STOPPED}, 10 tasks of 4 s on 'high'")
+        print(f"{'recovery':<22} {'runs':>5} {'all ran after s':>16} {'lost':>5} {'run twice':>10}")
+        for recover, results in kills.items():
+            done = sorted(r["all_ran_s"] for r in results if r["all_ran_s"] is not None)
+            stuck = [r["stranded_after_s"] for r in results if r["stranded_after_s"]]
+            ran = f"{done[0]}-{done[-1]}" if done else "-"
+            if stuck:
+                ran += f" ({sum(s[1] for s in stuck)} not run after {stuck[0][0]:.0f} s)"
+            print(
+                f"{'ExecStopPost' if recover else 'none (visibility timeout)':<22} "
+                f"{len(results):>5} {ran:>16} {sum(r['lost'] for r in results):>5} "
+                f"{sum(r['twice'] for r in results):>10}"
+            )
     return 0
 
 
