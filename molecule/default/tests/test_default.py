@@ -4,8 +4,15 @@ import json
 import re
 
 import pytest
+import yaml
 
-from playbook_runner import run_playbook
+from playbook_runner import ROOT, run_playbook
+
+# the scenario moves the app's folders away from /opt/refapp and /etc/refapp
+FOLDERS = yaml.safe_load(
+    (ROOT / "molecule/default/host_vars/celery-toolkit-default.yml").read_text()
+)
+BASE, CONFIG = FOLDERS["celery_app_base_dir"], FOLDERS["celery_app_config_dir"]
 
 UNITS = ["refapp-worker@fast", "refapp-worker@slow", "refapp-beat", "refapp-flower"]
 
@@ -59,10 +66,10 @@ def test_slow_group_waits_for_long_tasks(host):
 @pytest.mark.parametrize(
     ("path", "owner", "group", "mode"),
     [
-        ("/etc/refapp", "root", "refapp", 0o750),
-        ("/etc/refapp/refapp.env", "root", "refapp", 0o640),
-        ("/etc/refapp/flower.env", "root", "refapp", 0o640),
-        ("/etc/refapp/worker-fast.env", "root", "refapp", 0o640),
+        (CONFIG, "root", "refapp", 0o750),
+        (f"{CONFIG}/refapp.env", "root", "refapp", 0o640),
+        (f"{CONFIG}/flower.env", "root", "refapp", 0o640),
+        (f"{CONFIG}/worker-fast.env", "root", "refapp", 0o640),
         ("/usr/local/sbin/refapp-run", "root", "root", 0o750),
     ],
 )
@@ -72,7 +79,7 @@ def test_secret_files_are_not_world_readable(host, path, owner, group, mode):
 
 
 def test_current_points_at_a_complete_release(host):
-    current = host.file("/opt/refapp/current")
+    current = host.file(f"{BASE}/current")
     assert current.is_symlink
     release = json.loads(host.file(current.linked_to + "/RELEASE").content_string)
     assert current.linked_to.endswith("/" + release["id"])
@@ -104,3 +111,12 @@ def test_verify_playbook_passes():
     assert re.search(r"worker\s+slow@celery-toolkit-default\s+pong\s+queues\s+low\s", out)
     assert re.search(r"layout\s+split\s", out)
     assert re.search(r"beat\s+celery-toolkit-default\s", out)
+
+
+def test_nothing_lands_in_the_default_folders(host):
+    """With celery_app_base_dir and celery_app_config_dir set, no role or playbook falls back to
+    /opt/refapp or /etc/refapp; the layout is recorded in the configured folder."""
+    assert not host.file("/opt/refapp").exists
+    assert not host.file("/etc/refapp").exists
+    layout = json.loads(host.file(f"{CONFIG}/layout.json").content_string)
+    assert layout["layout"] == "split"
