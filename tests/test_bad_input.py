@@ -292,6 +292,15 @@ def plays(stdout: str) -> list[str]:
     return re.findall(r"^PLAY \[(.*)\] \**$", stdout, flags=re.M)
 
 
+def refusal(stdout: str) -> list[str]:
+    """The refusal as a user reads it: from the first error line to the play recap, without
+    blank lines."""
+    lines = stdout.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith(("[ERROR]", "fatal:")))
+    recap = next(i for i, line in enumerate(lines) if line.startswith("PLAY RECAP"))
+    return [line for line in lines[first:recap] if line.strip()]
+
+
 def write_inventory(tmp_path: Path, overrides: dict, vm2_vars: dict | None) -> Path:
     hosts = {
         "vm1": {
@@ -322,7 +331,7 @@ def write_inventory(tmp_path: Path, overrides: dict, vm2_vars: dict | None) -> P
     return tmp_path
 
 
-def deploy(inventory: Path) -> subprocess.CompletedProcess:
+def deploy(inventory: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
     env.update(
         ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
@@ -335,6 +344,7 @@ def deploy(inventory: Path) -> subprocess.CompletedProcess:
             "-i",
             str(inventory),
             str(ROOT / "playbooks/deploy.yml"),
+            *extra,
         ],
         capture_output=True,
         text=True,
@@ -363,6 +373,18 @@ def test_bad_input_is_refused_before_any_host(tmp_path, overrides, vm2, message)
     assert plays(proc.stdout) == [VALIDATION_PLAY]
     assert "UNREACHABLE" not in proc.stdout
     assert not re.search(r"unreachable=[1-9]", proc.stdout)
+    assert not re.search(r"changed=[1-9]", proc.stdout)
+    # a few readable lines: no argument-spec dump, no traceback, no script source
+    assert len(refusal(proc.stdout)) <= 20, "\n".join(refusal(proc.stdout))
+
+
+@pytest.mark.parametrize("tags", ["flower", "celery_workers,redis"])
+def test_validation_runs_whatever_tags_are_asked_for(tmp_path, tags):
+    """`deploy.yml --tags X` must not skip the checks: bad input is refused all the same."""
+    proc = deploy(write_inventory(tmp_path, {"redis_password": ""}, None), "--tags", tags)
+    assert proc.returncode != 0
+    assert "redis_password on vm1 is empty" in re.sub(r"\s+", " ", proc.stdout)
+    assert plays(proc.stdout) == [VALIDATION_PLAY]
     assert not re.search(r"changed=[1-9]", proc.stdout)
 
 
