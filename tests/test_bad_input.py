@@ -97,7 +97,8 @@ CASES = [
         "unknown-pool",
         {"celery_workers_groups": groups(slow={"pool": "fork"})},
         None,
-        "worker group 'slow' on vm1 (celery_workers_groups): pool 'fork' is not one of prefork",
+        "value of pool must be one of: prefork, threads, solo, gevent, eventlet, got: fork "
+        "found in celery_workers_groups",
     ),
     (
         "stop-timeout-below-task-time-limit",

@@ -7,6 +7,7 @@ from celery_layout import (
     celery_layout_errors,
     celery_route_queue,
     celery_single_layout,
+    group_errors,
     layout_errors,
 )
 
@@ -60,9 +61,10 @@ def test_route_to_undeclared_queue_is_named():
 
 
 def test_group_without_queues_is_named():
-    errors = layout_errors(
-        {"vm1": [*SPLIT, {"name": "idle", "queues": []}]}, ["vm1"], QUEUES, ROUTES
-    )
+    idle = {**FULL_SPLIT[1], "name": "idle", "queues": []}
+    # named once, by the rule on the group's own fields (the role's preflight runs it too)
+    assert layout_errors({"vm1": [*SPLIT, idle]}, ["vm1"], QUEUES, ROUTES) == []
+    errors = group_errors("vm1", [*FULL_SPLIT, idle])
     assert errors == [
         "worker group 'idle' on vm1 consumes no queue: give it queues in celery_workers_groups "
         "or remove the group."
@@ -141,6 +143,7 @@ def test_single_layout_needs_a_split_layout_and_queues():
 
 def test_filters_are_registered():
     assert set(FilterModule().filters()) == {
+        "celery_group_errors",
         "celery_layout_errors",
         "celery_route_queue",
         "celery_single_layout",

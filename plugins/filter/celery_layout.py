@@ -15,7 +15,6 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 GROUP_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-POOLS = ("prefork", "threads", "solo", "gevent", "eventlet")
 POSITIVE = (
     "concurrency",
     "prefetch_multiplier",
@@ -69,11 +68,7 @@ def layout_errors(
             name = group.get("name")
             consumed = list(group.get("queues") or [])
             if not consumed:
-                errors.append(
-                    f"worker group '{name}' on {host} consumes no queue: give it queues in "
-                    "celery_workers_groups or remove the group."
-                )
-                continue
+                continue  # group_errors names it
             unknown = [q for q in consumed if q not in declared]
             if declared and unknown:
                 errors.append(
@@ -238,7 +233,9 @@ def app_report_errors(
 
 
 def group_errors(host: str, groups: Iterable[Mapping[str, Any]]) -> list[str]:
-    """Each worker group's own fields: a usable name, a known pool, positive numbers."""
+    """What the argument spec of celery_workers_groups cannot say: a name usable as a systemd
+    instance, at least one queue, numbers above 0, no name twice (types, required fields and
+    the pool's choices are in roles/celery_workers/meta/argument_specs.yml)."""
     errors: list[str] = []
     names: list[str] = []
     for group in groups:
@@ -251,9 +248,11 @@ def group_errors(host: str, groups: Iterable[Mapping[str, Any]]) -> list[str]:
                 "with a letter, at most 32 characters: it names a systemd instance "
                 f"(<app>-worker@{name}.service) and the worker's node name."
             )
-        pool = group.get("pool", "prefork")
-        if pool not in POOLS:
-            errors.append(f"{where}: pool '{pool}' is not one of {', '.join(POOLS)}.")
+        if not group.get("queues"):
+            errors.append(
+                f"worker group '{name}' on {host} consumes no queue: give it queues in "
+                "celery_workers_groups or remove the group."
+            )
         for key in POSITIVE:
             value = group.get(key)
             try:
@@ -686,6 +685,11 @@ def _truthy(value: Any) -> bool:
     return bool(value)
 
 
+def celery_group_errors(groups: Iterable[Mapping[str, Any]], host: str) -> list[str]:
+    """Ansible entry point of group_errors (roles/celery_workers preflight)."""
+    return group_errors(host, groups)
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
@@ -696,6 +700,7 @@ class FilterModule:
             "celery_inventory_errors": celery_inventory_errors,
             "celery_private_addresses": celery_private_addresses,
             "celery_health_report": celery_health_report,
+            "celery_group_errors": celery_group_errors,
             "celery_status_lines": celery_status_lines,
             "celery_status_ok": celery_status_ok,
         }
