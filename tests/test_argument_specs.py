@@ -1,5 +1,7 @@
-"""Every role's meta/argument_specs.yml mirrors its defaults/main.yml exactly."""
+"""Every role's meta/argument_specs.yml mirrors its defaults/main.yml exactly, and its README
+lists every variable."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -33,3 +35,12 @@ def test_specs_mirror_defaults(role: Path):
 @pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
 def test_role_has_no_hidden_dependencies(role: Path):
     assert load(role / "meta" / "main.yml").get("dependencies") == []
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
+def test_readme_has_a_row_for_every_variable(role: Path):
+    """Each public variable has a row in the role README's variables table."""
+    readme = (role / "README.md").read_text()
+    rows = set(re.findall(r"^\| `([a-z_]+)` \|", readme, flags=re.M))
+    missing = sorted(set(load(role / "defaults" / "main.yml")) - rows)
+    assert not missing, f"roles/{role.name}/README.md has no row for {', '.join(missing)}"
