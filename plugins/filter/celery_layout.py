@@ -417,6 +417,7 @@ def broker_url_errors(
     errors: list[str] = []
     brokers = list(brokers)
     form = "redis://:PASSWORD@HOST:PORT/DB (or redis://USER:PASSWORD@HOST:PORT/DB)"
+    listening = "; ".join(f"{b}: {', '.join(_binds(hostvars[b]))}" for b in brokers)
     for worker in workers:
         url = hostvars[worker].get("celery_app_broker_url")
         if not url:
@@ -440,10 +441,9 @@ def broker_url_errors(
         address = parts.hostname or "localhost"
         if _is_loopback(address):
             if worker not in brokers:
-                listen = "; ".join(f"{b}: {', '.join(_binds(hostvars[b]))}" for b in brokers)
                 errors.append(
                     f"{where} points at {address}, but {worker} runs no Redis (it is not in the "
-                    f"broker group): use an address a broker host listens on ({listen})."
+                    f"broker group): use an address a broker host listens on ({listening})."
                 )
                 continue
             target = worker
@@ -458,10 +458,9 @@ def broker_url_errors(
                 )
             ]
             if not found:
-                listen = "; ".join(f"{b}: {', '.join(_binds(hostvars[b]))}" for b in brokers)
                 errors.append(
                     f"{where} points at {address}, where no broker host listens "
-                    f"(redis_bind_addresses: {listen}): put one of those addresses in the URL, "
+                    f"(redis_bind_addresses: {listening}): put one of those addresses in the URL, "
                     f"or add {address} to the broker's redis_bind_addresses."
                 )
                 continue
