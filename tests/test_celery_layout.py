@@ -151,6 +151,7 @@ def test_filters_are_registered():
         "celery_inventory_errors",
         "celery_private_addresses",
         "celery_health_report",
+        "celery_systemd_described",
         "celery_status_lines",
         "celery_status_ok",
     }
@@ -200,26 +201,44 @@ def test_rolling_batch_refuses_what_serial_would_choke_on(batch):
 
 
 def test_health_report_names_the_group_its_state_and_its_log():
-    from celery_layout import celery_health_report
+    from celery_layout import celery_health_report, celery_systemd_described
 
     state = {
-        "item": "mail",
+        "item": "worker@mail",
         "stdout_lines": ["ActiveState=activating", "SubState=auto-restart", "NRestarts=7"],
     }
     log = {"stdout_lines": ["Traceback (most recent call last):", "ModuleNotFoundError: gevent"]}
-    assert celery_health_report([(state, log)], "vm1", 60) == [
+    described = celery_systemd_described([(state, log)])
+    assert described[0]["running"] is False
+    assert celery_health_report(described, "vm1", 60) == [
         "worker group 'mail' on vm1 does not answer a ping with its queues within 60 s "
         "(celery_workers_health_timeout): systemd says activating (auto-restart), restarted 7 "
         "times. Last lines of its log:",
         "  | Traceback (most recent call last):",
         "  | ModuleNotFoundError: gevent",
     ]
-    beat = celery_health_report([({"stdout_lines": ["ActiveState=failed"]}, {})], "vm1", 6, "beat")
-    assert beat == [
+    beat = celery_systemd_described(
+        [({"item": "beat", "stdout_lines": ["ActiveState=failed"]}, {})]
+    )
+    assert celery_health_report(beat, "vm1", 6) == [
         "beat on vm1 did not stay active for 6 s: systemd says failed (?), restarted ? times. "
         "Last lines of its log:",
         "  | (empty)",
     ]
+
+
+def test_systemd_description_keeps_the_last_six_log_lines_and_sees_a_running_unit():
+    from celery_layout import celery_systemd_described
+
+    state = {
+        "item": "beat",
+        "stdout_lines": ["ActiveState=active", "SubState=running", "NRestarts=0"],
+    }
+    log = {"stdout_lines": [f"line {n}" for n in range(10)]}
+    (beat,) = celery_systemd_described([(state, log)])
+    assert beat["running"] is True
+    assert beat["restarts"] == "0"
+    assert beat["log"] == [f"line {n}" for n in range(4, 10)]
 
 
 def test_status_table_keeps_rows_and_says_why_a_check_gave_none():

@@ -628,31 +628,49 @@ def celery_private_addresses(
     return addresses
 
 
-def celery_health_report(
+def celery_systemd_described(
     checks: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]],
-    host: str,
-    timeout: int,
-    what: str = "worker group",
-) -> list[str]:
-    """The health gate's refusal: for each worker group (or `what`, e.g. beat) that does not
-    answer, what systemd says of it (`systemctl show` output) and the last lines of its log
-    (`journalctl -o cat`)."""
-    lines: list[str] = []
+) -> list[dict[str, Any]]:
+    """What systemd says of each process, in the process manager's neutral shape: pairs of
+    `systemctl show -p ActiveState -p SubState -p NRestarts` and `journalctl -o cat` results,
+    looped over process names ("worker@<group>", "beat")."""
+    described: list[dict[str, Any]] = []
     for state, log in checks:
-        name = str(state.get("item", "?"))
         props = dict(line.split("=", 1) for line in state.get("stdout_lines", []) if "=" in line)
+        described.append(
+            {
+                "process": str(state.get("item", "?")),
+                "manager": "systemd",
+                "state": props.get("ActiveState", "?"),
+                "detail": props.get("SubState", "?"),
+                "restarts": props.get("NRestarts", "?"),
+                "running": props.get("ActiveState") == "active",
+                "log": list(log.get("stdout_lines", []))[-6:],
+            }
+        )
+    return described
+
+
+def celery_health_report(
+    described: Iterable[Mapping[str, Any]], host: str, timeout: int
+) -> list[str]:
+    """The health gate's refusal: for each process that did not answer (a worker group) or did
+    not stay up (beat), what its process manager says of it and the last lines of its log."""
+    lines: list[str] = []
+    for process in described:
+        name = str(process.get("process", "?"))
         failure = (
-            f"worker group '{name}' on {host} does not answer a ping with its queues within "
-            f"{timeout} s (celery_workers_health_timeout)"
-            if what == "worker group"
-            else f"{what} on {host} did not stay active for {timeout} s"
+            f"worker group '{name.removeprefix('worker@')}' on {host} does not answer a ping with "
+            f"its queues within {timeout} s (celery_workers_health_timeout)"
+            if name.startswith("worker@")
+            else f"{name} on {host} did not stay active for {timeout} s"
         )
         lines.append(
-            f"{failure}: systemd says {props.get('ActiveState', '?')} "
-            f"({props.get('SubState', '?')}), restarted {props.get('NRestarts', '?')} times. "
+            f"{failure}: {process.get('manager', '?')} says {process.get('state', '?')} "
+            f"({process.get('detail', '?')}), restarted {process.get('restarts', '?')} times. "
             "Last lines of its log:"
         )
-        lines += [f"  | {line}" for line in log.get("stdout_lines", [])[-6:]] or ["  | (empty)"]
+        lines += [f"  | {line}" for line in process.get("log") or []] or ["  | (empty)"]
     return lines
 
 
@@ -699,6 +717,7 @@ class FilterModule:
             "celery_inventory_errors": celery_inventory_errors,
             "celery_private_addresses": celery_private_addresses,
             "celery_health_report": celery_health_report,
+            "celery_systemd_described": celery_systemd_described,
             "celery_group_errors": celery_group_errors,
             "celery_status_lines": celery_status_lines,
             "celery_status_ok": celery_status_ok,

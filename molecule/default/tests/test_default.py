@@ -115,8 +115,8 @@ def test_verify_playbook_passes():
 
 def test_nothing_lands_in_the_default_folders(host):
     """With celery_app_base_dir and celery_app_config_dir set, no role or playbook falls back to
-    /opt/refapp or /etc/refapp; the layout is recorded in the configured folder."""
+    /opt/refapp or /etc/refapp; the layout is recorded as the host's local fact."""
     assert not host.file("/opt/refapp").exists
     assert not host.file("/etc/refapp").exists
-    layout = json.loads(host.file(f"{CONFIG}/layout.json").content_string)
+    layout = json.loads(host.file("/etc/ansible/facts.d/refapp.fact").content_string)
     assert layout["layout"] == "split"
