@@ -44,3 +44,21 @@ def test_readme_has_a_row_for_every_variable(role: Path):
     rows = set(re.findall(r"^\| `([a-z_]+)` \|", readme, flags=re.M))
     missing = sorted(set(load(role / "defaults" / "main.yml")) - rows)
     assert not missing, f"roles/{role.name}/README.md has no row for {', '.join(missing)}"
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
+def test_entry_points_agree_with_main(role: Path):
+    """An entry point (include_role tasks_from) other than main describes a variable of main
+    exactly as main does; a variable of its own is prefixed and has a README row."""
+    specs = load(role / "meta" / "argument_specs.yml")["argument_specs"]
+    main = specs["main"]["options"]
+    readme = (role / "README.md").read_text()
+    for entry, spec in specs.items():
+        for name, option in (spec.get("options") or {}).items():
+            if name in main:
+                assert option == main[name], f"{entry}: {name} differs from main's"
+            else:
+                assert name.startswith(role.name + "_"), f"{entry}: {name} is not prefixed"
+                assert option.get("description") and "type" in option, f"{entry}: {name}"
+                assert f"| `{name}` |" in readme, f"{entry}: README has no row for {name}"
+        assert (role / "tasks" / f"{entry}.yml").exists(), f"{entry} has no tasks/{entry}.yml"
