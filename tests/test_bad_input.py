@@ -277,6 +277,20 @@ CASES = [
         "'100%', or a list of those; got 0",
     ),
     (
+        "unknown-process-manager",
+        {},
+        {"celery_process_manager": "runit"},
+        "celery_process_manager is 'runit' on vm2: set it to 'systemd' (units, the default) or "
+        "'supervisor' (supervisord programs)",
+    ),
+    (
+        "systemd-only-setting-under-supervisor",
+        {"celery_process_manager": "supervisor", "celery_app_memory_deny_write_execute": True},
+        None,
+        "celery_app_memory_deny_write_execute is true on vm1, where celery_process_manager is "
+        "'supervisor': it is a systemd setting",
+    ),
+    (
         "idle-timeout-breaks-kombu",
         {"redis_timeout": 300},
         None,

@@ -151,7 +151,6 @@ def test_filters_are_registered():
         "celery_inventory_errors",
         "celery_private_addresses",
         "celery_health_report",
-        "celery_systemd_described",
         "celery_status_lines",
         "celery_status_ok",
     }
@@ -201,7 +200,8 @@ def test_rolling_batch_refuses_what_serial_would_choke_on(batch):
 
 
 def test_health_report_names_the_group_its_state_and_its_log():
-    from celery_layout import celery_health_report, celery_systemd_described
+    from celery_layout import celery_health_report
+    from celery_process import celery_systemd_described
 
     state = {
         "item": "worker@mail",
@@ -228,7 +228,7 @@ def test_health_report_names_the_group_its_state_and_its_log():
 
 
 def test_systemd_description_keeps_the_last_six_log_lines_and_sees_a_running_unit():
-    from celery_layout import celery_systemd_described
+    from celery_process import celery_systemd_described
 
     state = {
         "item": "beat",
@@ -255,3 +255,76 @@ def test_status_table_keeps_rows_and_says_why_a_check_gave_none():
     assert celery_status_ok([good]) is True
     assert celery_status_ok([good, bad]) is False
     assert celery_status_ok([crashed]) is False
+
+
+@pytest.mark.parametrize("manager", ["systemd", "supervisor"])
+def test_process_manager_systemd_and_supervisor_are_accepted(manager):
+    from celery_layout import process_manager_errors
+
+    assert process_manager_errors("vm1", {"celery_process_manager": manager}) == []
+    assert process_manager_errors("vm1", {}) == []
+
+
+@pytest.mark.parametrize("manager", ["runit", "Supervisor", "", None])
+def test_process_manager_other_values_are_refused_with_the_fix(manager):
+    from celery_layout import process_manager_errors
+
+    (error,) = process_manager_errors("vm1", {"celery_process_manager": manager})
+    assert error.startswith(f"celery_process_manager is {manager!r} on vm1: set it to 'systemd'")
+
+
+def test_supervisor_refuses_a_setting_only_systemd_applies():
+    from celery_layout import process_manager_errors
+
+    hv = {"celery_process_manager": "supervisor", "celery_app_memory_deny_write_execute": True}
+    (error,) = process_manager_errors("vm1", hv)
+    assert "celery_app_memory_deny_write_execute is true on vm1" in error
+    hv["celery_process_manager"] = "systemd"
+    assert process_manager_errors("vm1", hv) == []
+
+
+def test_supervisor_status_lines_become_states_per_process():
+    from celery_process import celery_supervisor_described, celery_supervisor_status
+
+    lines = [
+        "shop-worker-main                 RUNNING   pid 812, uptime 0:03:10",
+        "shop-beat                        BACKOFF   Exited too quickly (process log may have "
+        "details)",
+        "shop-worker-mail: ERROR (no such process)",
+    ]
+    status = celery_supervisor_status(lines, "shop", ["worker@main", "beat", "worker@mail"])
+    assert status["worker@main"] == {
+        "process": "worker@main",
+        "state": "RUNNING",
+        "detail": "pid 812, uptime 0:03:10",
+    }
+    assert status["beat"]["state"] == "BACKOFF"
+    assert status["worker@mail"]["state"] == "UNKNOWN"
+    described = celery_supervisor_described(
+        [(status["worker@main"], {"stdout_lines": ["a"]}), (status["beat"], {})]
+    )
+    assert [d["running"] for d in described] == [True, False]
+    assert described[0]["instance"] == "812"
+    assert described[1]["instance"] == ""
+
+
+def test_supervisor_program_names():
+    from celery_process import celery_supervisor_program
+
+    assert celery_supervisor_program("worker@fast", "refapp") == "refapp-worker-fast"
+    assert celery_supervisor_program("beat", "refapp") == "refapp-beat"
+    assert celery_supervisor_program("flower", "refapp") == "refapp-flower"
+
+
+def test_health_report_under_supervisor_says_what_supervisord_says():
+    from celery_layout import celery_health_report
+    from celery_process import celery_supervisor_described
+
+    status = {"process": "worker@all", "state": "BACKOFF", "detail": "Exited too quickly"}
+    described = celery_supervisor_described([(status, {"stdout_lines": ["ImportError: x"]})])
+    assert celery_health_report(described, "vm1", 60) == [
+        "worker group 'all' on vm1 does not answer a ping with its queues within 60 s "
+        "(celery_workers_health_timeout): supervisor says BACKOFF (Exited too quickly). "
+        "Last lines of its log:",
+        "  | ImportError: x",
+    ]

@@ -307,6 +307,27 @@ def batch_errors(value: Any) -> list[str]:
     ]
 
 
+PROCESS_MANAGERS = ("systemd", "supervisor")
+
+
+def process_manager_errors(host: str, hv: Mapping[str, Any]) -> list[str]:
+    """celery_process_manager names what runs the host's Celery processes; settings that only
+    systemd applies cannot be asked of supervisor."""
+    manager = hv.get("celery_process_manager", "systemd")
+    if manager not in PROCESS_MANAGERS:
+        return [
+            f"celery_process_manager is {manager!r} on {host}: set it to 'systemd' (units, the "
+            "default) or 'supervisor' (supervisord programs)"
+        ]
+    if manager == "supervisor" and _truthy(hv.get("celery_app_memory_deny_write_execute", False)):
+        return [
+            f"celery_app_memory_deny_write_execute is true on {host}, where celery_process_manager "
+            "is 'supervisor': it is a systemd setting (MemoryDenyWriteExecute=) that supervisord "
+            "cannot apply; use systemd on that host, or set it to false"
+        ]
+    return []
+
+
 def _words(text: str) -> frozenset[str]:
     return frozenset(text.split())
 
@@ -531,6 +552,7 @@ def celery_inventory_errors(
         errors += batch_errors(hostvars[workers[0]]["celery_deploy_batch"])
     for host in workers:
         errors += app_name_errors(host, hostvars[host])
+        errors += process_manager_errors(host, hostvars[host])
         errors += group_errors(host, hostvars[host].get("celery_workers_groups", default_groups))
     errors += broker_url_errors(workers, groups.get("broker", []), hostvars)
     needs: dict[str, dict[str, int]] = {}
@@ -628,29 +650,6 @@ def celery_private_addresses(
     return addresses
 
 
-def celery_systemd_described(
-    checks: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]],
-) -> list[dict[str, Any]]:
-    """What systemd says of each process, in the process manager's neutral shape: pairs of
-    `systemctl show -p ActiveState -p SubState -p NRestarts` and `journalctl -o cat` results,
-    looped over process names ("worker@<group>", "beat")."""
-    described: list[dict[str, Any]] = []
-    for state, log in checks:
-        props = dict(line.split("=", 1) for line in state.get("stdout_lines", []) if "=" in line)
-        described.append(
-            {
-                "process": str(state.get("item", "?")),
-                "manager": "systemd",
-                "state": props.get("ActiveState", "?"),
-                "detail": props.get("SubState", "?"),
-                "restarts": props.get("NRestarts", "?"),
-                "running": props.get("ActiveState") == "active",
-                "log": list(log.get("stdout_lines", []))[-6:],
-            }
-        )
-    return described
-
-
 def celery_health_report(
     described: Iterable[Mapping[str, Any]], host: str, timeout: int
 ) -> list[str]:
@@ -665,10 +664,12 @@ def celery_health_report(
             if name.startswith("worker@")
             else f"{name} on {host} did not stay active for {timeout} s"
         )
+        restarts = process.get("restarts", "?")
         lines.append(
             f"{failure}: {process.get('manager', '?')} says {process.get('state', '?')} "
-            f"({process.get('detail', '?')}), restarted {process.get('restarts', '?')} times. "
-            "Last lines of its log:"
+            f"({process.get('detail', '?')})"
+            + (f", restarted {restarts} times" if process.get("manager") == "systemd" else "")
+            + ". Last lines of its log:"
         )
         lines += [f"  | {line}" for line in process.get("log") or []] or ["  | (empty)"]
     return lines
@@ -717,7 +718,6 @@ class FilterModule:
             "celery_inventory_errors": celery_inventory_errors,
             "celery_private_addresses": celery_private_addresses,
             "celery_health_report": celery_health_report,
-            "celery_systemd_described": celery_systemd_described,
             "celery_group_errors": celery_group_errors,
             "celery_status_lines": celery_status_lines,
             "celery_status_ok": celery_status_ok,

@@ -4,9 +4,11 @@ health.yml), playbooks/verify.yml and rollback.yml's queue count. Needs nothing 
 no task of its own, no result backend.
 
 Reads one JSON object on the command line:
-  {"mode": "host", "groups": {"fast": ["high", "default"], ...}, "timeout": 60}
+  {"mode": "host", "groups": {"fast": ["high", "default"], ...}, "timeout": 60,
+   "node": "{group}@{host}"}
       every group of this host answers a ping and consumes exactly its queues (a group that
-      just started gets until the timeout);
+      just started gets until the timeout); "node" is how its process manager names a group's
+      Celery node ("{group}@supervisor.{host}" under supervisor);
   {"mode": "queued", "queues": ["high", ...]}
       how many messages wait in each queue;
   {"mode": "probes", "groups": [{"name": "fast", "queues": [...]}, ...], "timeout": 60}
@@ -30,9 +32,9 @@ from celery.app.utils import find_app
 PROBE_TASK = "celery.accumulate"  # registered by Celery in every app
 
 
-def check_host(app, groups: dict, timeout: float = 60) -> dict:
+def check_host(app, groups: dict, timeout: float = 60, node: str = "{group}@{host}") -> dict:
     host = socket.gethostname()
-    nodes = {f"{group}@{host}": sorted(queues) for group, queues in groups.items()}
+    nodes = {node.format(group=group, host=host): sorted(qs) for group, qs in groups.items()}
     deadline = time.monotonic() + timeout
     rows, ok = [], True
     for node, want in sorted(nodes.items()):
@@ -149,7 +151,9 @@ def main() -> int:
     try:
         app = find_app(os.environ["CELERY_APP"])
         if spec["mode"] == "host":
-            out = check_host(app, spec["groups"], spec.get("timeout", 60))
+            out = check_host(
+                app, spec["groups"], spec.get("timeout", 60), spec.get("node", "{group}@{host}")
+            )
         elif spec["mode"] == "queued":
             out = count_queued(app, spec["queues"])
         else:

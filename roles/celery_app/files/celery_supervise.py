@@ -1,0 +1,112 @@
+"""Run one Celery process under supervisord with the stop semantics of the toolkit's systemd
+units (the command of every supervisor program the toolkit writes):
+
+    <app>-run --supervised [--env FILE]... [--drain NODE] -- COMMAND...
+    (the run helper execs this script as the app's user, with the app's environment)
+
+supervisord has no ExecStop or ExecStopPost, and passes no environment file. This wrapper:
+- reads each --env FILE (KEY=VALUE lines, as systemd's EnvironmentFile=) into the environment
+  and expands ${NAME} (one argument) and $NAME (split on whitespace) in COMMAND, as systemd does;
+- runs COMMAND as its child, and forwards SIGTERM, SIGINT, SIGQUIT and SIGHUP to it only (the
+  pool children are never signalled: a warm shutdown);
+- with --drain NODE (a worker group): on SIGTERM, first drains the worker (celery_drain.py:
+  stop consuming, finish and acknowledge what it holds, at most $CELERY_DRAIN_TIMEOUT seconds),
+  then forwards SIGTERM; after an unclean end of the worker (killed, a crash) gives back the
+  tasks it held (celery_recover.py --if-unclean), as the units' ExecStop and ExecStopPost do.
+Exits with the child's status, so supervisord restarts it (autorestart) as systemd would.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+# celery_drain.py and celery_recover.py (roles/celery_workers) are installed beside this script
+HERE = Path(__file__).resolve().parent
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
+
+
+def read_env(path: str) -> dict[str, str]:
+    """KEY=VALUE lines; blank lines and # comments skipped; one pair of quotes stripped."""
+    env: dict[str, str] = {}
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";")) or "=" not in line:
+            continue
+        key, value = line.split("=", 1)
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        env[key.strip()] = value
+    return env
+
+
+def expand(args: list[str], env: dict[str, str]) -> list[str]:
+    """systemd's ExecStart expansion: "$NAME" alone is split on whitespace, "${NAME}" is not."""
+    out: list[str] = []
+    for arg in args:
+        whole = re.fullmatch(r"\$([A-Za-z_][A-Za-z0-9_]*)", arg)
+        if whole:
+            out += shlex.split(env.get(whole.group(1), ""))
+            continue
+        out.append(
+            re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", lambda m: env.get(m.group(1), ""), arg)
+        )
+    return out
+
+
+def helper(script: str, *args: str, env: dict[str, str] | None = None) -> None:
+    """Run a toolkit helper with this Python; its output goes to the program's log."""
+    subprocess.run([sys.executable, str(HERE / script), *args], env=env, check=False)
+
+
+def main(argv: list[str]) -> int:
+    if "--" not in argv:
+        print(__doc__, file=sys.stderr)
+        return 2
+    options, command = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
+    env_files = [options[i + 1] for i, o in enumerate(options) if o == "--env"]
+    drain_node = next((options[i + 1] for i, o in enumerate(options) if o == "--drain"), "")
+    drain_node = drain_node.replace("%h", socket.gethostname())  # as celery --hostname does
+    for path in env_files:
+        os.environ.update(read_env(path))
+    child = subprocess.Popen(expand(command, dict(os.environ)))
+    stopping = threading.Event()
+
+    def stop(signum: int) -> None:
+        if signum == signal.SIGTERM and drain_node:
+            timeout = os.environ.get("CELERY_DRAIN_TIMEOUT", "60")
+            helper("celery_drain.py", drain_node, timeout, str(child.pid))
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stopping.set()
+        # the drain takes seconds: never inside the handler, so a second signal still passes
+        threading.Thread(target=stop, args=(signum,), daemon=True).start()
+
+    for signum in FORWARDED:
+        signal.signal(signum, on_signal)
+    status = child.wait()
+    clean = status == 0 or (stopping.is_set() and status in (-signal.SIGTERM, -signal.SIGINT))
+    if drain_node and not clean:
+        # SERVICE_RESULT as systemd would set it: anything but "success" means an unclean end
+        helper(
+            "celery_recover.py",
+            "--if-unclean",
+            "--margin",
+            "5",
+            env={**os.environ, "SERVICE_RESULT": "signal" if status < 0 else "exit-code"},
+        )
+    return 128 - status if status < 0 else status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
