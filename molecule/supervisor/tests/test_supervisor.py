@@ -3,15 +3,52 @@ incident rollback and the return under load, and switches of process manager und
 
 The tests run in file order and share the deployed host."""
 
+import json
 import re
+import time
 
 import pytest
+import yaml
 
-from load import assert_exactly_once, playbook, switch_under_load
+from load import as_app, assert_exactly_once, playbook, switch_under_load
+from playbook_runner import LEDGER, ROOT, record_figure, run_playbook
 
 HOST = "celery-toolkit-supervisor"
 PROGRAMS = ["refapp-worker-fast", "refapp-worker-slow", "refapp-beat", "refapp-flower"]
 FIGURES = "supervisor-figures.json"
+
+
+KILL_LOAD = """
+import sys
+from refapp.tasks.ledger import record_fast
+prefix, n, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+for i in range(n):
+    record_fast.delay(f"{prefix}-{i}", seconds)
+"""
+
+
+def ledger(host, prefix):
+    return json.loads(as_app(host, LEDGER, prefix))["ledger"]
+
+
+def busy(host):
+    """The fast group runs tasks now (its pool children have started some)."""
+    out = host.run(
+        "refapp-run celery -A refapp inspect active -j -d fast@supervisor.$(hostname) 2>/dev/null"
+    ).stdout
+    try:
+        return sum(len(v) for v in json.loads(out).values()) >= 4
+    except ValueError:
+        return False
+
+
+def wait_for(predicate, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(1)
+    return predicate()
 
 
 def programs(host):
@@ -42,6 +79,12 @@ def test_programs_stop_warmly_with_the_groups_stop_timeout(host):
         "ps -eo user:20,args | grep '[c]elery -A refapp worker' | awk '{print $1}'"
     )
     assert set(users.split()) == {"refapp"}
+
+
+def test_a_vm_shutdown_waits_for_the_longest_group_and_stops_supervisord_before_redis(host):
+    props = host.check_output("systemctl show -p TimeoutStopUSec -p After supervisor.service")
+    assert "TimeoutStopUSec=32min 30s" in props  # slow's stop_timeout (1920 s) + 30 s
+    assert "redis-server.service" in props.split("After=")[1]
 
 
 def test_logs_are_rotated_files_that_supervisorctl_tails(host):
@@ -109,3 +152,67 @@ def test_switch_back_to_supervisor_under_load_leaves_no_unit(host, rollback_run)
     # the drain of the stopped systemd groups reached them only: nothing left consuming nothing
     verify, _ = playbook("verify.yml")
     assert re.search(rf"worker\s+fast@supervisor.{HOST}\s+pong\s+queues\s+default,high\s", verify)
+
+
+def celery_main_pid(host, program):
+    """The Celery main process of a program: the child of the wrapper supervisord started."""
+    wrapper = host.check_output(f"supervisorctl pid {program}")
+    return host.check_output(f"pgrep -P {wrapper}")
+
+
+def test_kill_9_of_a_worker_leaves_no_task_stranded(host, rollback_run):
+    """kill -9 of the fast group's Celery main process with 10 tasks of 4 s in flight: the
+    wrapper gives back what it held (as the systemd unit's ExecStopPost) and supervisord
+    restarts the group; every task runs within minutes, not after the 2-hour visibility
+    timeout."""
+    prefix, n = "svkill9", 10
+    as_app(host, KILL_LOAD, prefix, str(n), "4")
+    assert wait_for(lambda: len(ledger(host, prefix)) < n and busy(host), 30)
+    killed = time.monotonic()
+    host.run_expect([0], f"kill -9 {celery_main_pid(host, 'refapp-worker-fast')}")
+    ran = wait_for(lambda: len(ledger(host, prefix)) == n, 180)
+    runs = ledger(host, prefix)
+    record_figure(
+        FIGURES,
+        "kill -9 of fast's Celery main process, 10 tasks of 4 s",
+        {
+            "all_ran_after_s": round(time.monotonic() - killed, 1),
+            "ran_twice": sum(1 for c in runs.values() if c > 1),
+        },
+    )
+    assert ran, f"{n - len(runs)} of {n} tasks never ran in 180 s: {sorted(runs)}"
+    log = host.file("/var/log/supervisor/refapp-worker-fast.log").content_string
+    assert re.search(r"requeued \S+ refapp\.tasks\.ledger\.record_fast -> high", log), log[-3000:]
+    assert wait_for(lambda: programs(host).get("refapp-worker-fast") == "RUNNING", 60)
+
+
+def test_deploy_whose_group_cannot_start_returns_to_what_ran(host, rollback_run, tmp_path):
+    """A group that crash-loops (a pool the release lacks) fails the deploy at the health gate,
+    and the host returns to the layout that ran: its groups answer again."""
+    broken = tmp_path / "broken.yml"
+    groups = [
+        {**g, "pool": "gevent"} if g["name"] == "slow" else g
+        for g in yaml.safe_load((ROOT / "roles/celery_workers/defaults/main.yml").read_text())[
+            "celery_workers_groups"
+        ]
+    ]
+    broken.write_text(
+        yaml.safe_dump(
+            {
+                "all": {
+                    "hosts": {
+                        HOST: {"celery_workers_groups": groups, "celery_workers_health_timeout": 20}
+                    }
+                }
+            }
+        )
+    )
+    proc, _ = run_playbook("deploy.yml", check=False, inventories=(broken,))
+    out = re.sub(r"\s+", " ", proc.stdout)
+    assert proc.returncode != 0
+    assert f"worker group 'slow' on {HOST} does not answer a ping" in out, out[-3000:]
+    assert "supervisor says" in out
+    assert f"{HOST} is back on release" in out
+    assert programs(host) == dict.fromkeys(PROGRAMS, "RUNNING")
+    verify, _ = playbook("verify.yml")
+    assert re.search(rf"worker\s+slow@supervisor.{HOST}\s+pong\s+queues\s+low\s", verify)

@@ -8,7 +8,8 @@ supervisord has no ExecStop or ExecStopPost, and passes no environment file. Thi
 - reads each --env FILE (KEY=VALUE lines, as systemd's EnvironmentFile=) into the environment
   and expands ${NAME} (one argument) and $NAME (split on whitespace) in COMMAND, as systemd does;
 - runs COMMAND as its child, and forwards SIGTERM, SIGINT, SIGQUIT and SIGHUP to it only (the
-  pool children are never signalled: a warm shutdown);
+  pool children are never signalled: a warm shutdown); if the wrapper itself is killed, the
+  child gets SIGTERM (a warm shutdown) rather than run on unsupervised;
 - with --drain NODE (a worker group): on SIGTERM, first drains the worker (celery_drain.py:
   stop consuming, finish and acknowledge what it holds, at most $CELERY_DRAIN_TIMEOUT seconds),
   then forwards SIGTERM; after an unclean end of the worker (killed, a crash) gives back the
@@ -62,6 +63,14 @@ def expand(args: list[str], env: dict[str, str]) -> list[str]:
     return out
 
 
+def die_with_parent() -> None:
+    """In the child: a SIGTERM when this wrapper dies (kill -9 of what `supervisorctl pid`
+    shows), so Celery shuts down warmly instead of running on unsupervised beside its successor."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def helper(script: str, *args: str, env: dict[str, str] | None = None) -> None:
     """Run a toolkit helper with this Python; its output goes to the program's log."""
     subprocess.run([sys.executable, str(HERE / script), *args], env=env, check=False)
@@ -77,7 +86,7 @@ def main(argv: list[str]) -> int:
     drain_node = drain_node.replace("%h", socket.gethostname())  # as celery --hostname does
     for path in env_files:
         os.environ.update(read_env(path))
-    child = subprocess.Popen(expand(command, dict(os.environ)))
+    child = subprocess.Popen(expand(command, dict(os.environ)), preexec_fn=die_with_parent)
     stopping = threading.Event()
 
     def stop(signum: int) -> None:
