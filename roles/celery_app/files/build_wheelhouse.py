@@ -23,6 +23,8 @@ relative to the wheelhouse folder.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -33,6 +35,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from email.parser import Parser
 from pathlib import Path
 
@@ -177,6 +180,17 @@ def pack_tree(source: Path, archive: Path) -> None:
             tar.add(path, arcname=str(path.relative_to(source)), recursive=False)
 
 
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on `path` (created if missing), held while the block runs."""
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def build(args: argparse.Namespace) -> dict:
     source = Path(args.source).resolve()
     if not source.exists():
@@ -206,8 +220,25 @@ def build(args: argparse.Namespace) -> dict:
     manifest = out / "wheelhouse.json"
     if manifest.exists():
         return {**json.loads(manifest.read_text()), "built": False}
-
     out.parent.mkdir(parents=True, exist_ok=True)
+    # a build of the same inputs in another run (parallel scenarios, two deploys) finishes first
+    with locked(out.parent / f".{out.name}.lock"):
+        if manifest.exists():
+            return {**json.loads(manifest.read_text()), "built": False}
+        return _build(args, source, kind, requirements, constraints, broker, pins, key, out)
+
+
+def _build(
+    args: argparse.Namespace,
+    source: Path,
+    kind: str,
+    requirements: Path | None,
+    constraints: Path | None,
+    broker: list[str],
+    pins: list[str],
+    key: str,
+    out: Path,
+) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
     app_wheel, app_archive = "", ""
     try:

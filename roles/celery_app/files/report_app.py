@@ -59,30 +59,33 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     venv = (Path(args.output) / "inspect" / house["hash"][:16]).resolve()
     src = venv / "src"
-    if not (venv / ".complete").exists():
-        shutil.rmtree(venv, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        pip = [
-            str(venv / "bin/python"),
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-index",
-            "--disable-pip-version-check",
-            "--find-links",
-            house["path"],
-            *house["install"],
-        ]
-        proc = subprocess.run(pip, capture_output=True, text=True, cwd=house["path"])
-        if proc.returncode != 0:
-            fail("installing the app from its wheelhouse failed", proc.stderr)
-            return 1
-        if house.get("app_archive"):
-            with tarfile.open(Path(house["path"]) / house["app_archive"]) as tar:
-                tar.extractall(src, filter="data")
-            add_to_path(venv, src)
-        (venv / ".complete").touch()
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    # another run (a parallel scenario) may be building the same venv: it finishes first
+    with build_wheelhouse.locked(venv.parent / f".{venv.name}.lock"):
+        if not (venv / ".complete").exists():
+            shutil.rmtree(venv, ignore_errors=True)
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+            pip = [
+                str(venv / "bin/python"),
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-index",
+                "--disable-pip-version-check",
+                "--find-links",
+                house["path"],
+                *house["install"],
+            ]
+            proc = subprocess.run(pip, capture_output=True, text=True, cwd=house["path"])
+            if proc.returncode != 0:
+                fail("installing the app from its wheelhouse failed", proc.stderr)
+                return 1
+            if house.get("app_archive"):
+                with tarfile.open(Path(house["path"]) / house["app_archive"]) as tar:
+                    tar.extractall(src, filter="data")
+                add_to_path(venv, src)
+            (venv / ".complete").touch()
     env = {**os.environ, **json.loads(args.env)}
     proc = subprocess.run(
         [str(venv / "bin/python"), str(HERE / "inspect_app.py"), args.module],

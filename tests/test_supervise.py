@@ -1,0 +1,116 @@
+"""The supervisor wrapper (roles/celery_app/files/celery_supervise.py) reads environment files
+and expands a command as systemd does, passes signals to its child only, drains a worker before
+forwarding SIGTERM, and runs the recovery after an unclean end; and the controller's wheelhouse
+lock lets one build of the same inputs run at a time."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+FILES = Path(__file__).resolve().parent.parent / "roles/celery_app/files"
+sys.path.insert(0, str(FILES))
+
+import build_wheelhouse  # noqa: E402
+import celery_supervise  # noqa: E402
+
+
+def test_environment_files_are_read_as_systemd_reads_them(tmp_path):
+    env = tmp_path / "worker.env"
+    env.write_text(
+        "# a comment\n\nCELERY_APP=refapp\n"
+        "CELERY_WORKER_OPTS=--queues=high,default --concurrency=4\n"
+        'QUOTED="a b"\n; another comment\n'
+    )
+    assert celery_supervise.read_env(str(env)) == {
+        "CELERY_APP": "refapp",
+        "CELERY_WORKER_OPTS": "--queues=high,default --concurrency=4",
+        "QUOTED": "a b",
+    }
+
+
+def test_command_expansion_splits_a_bare_variable_and_keeps_a_braced_one():
+    env = {"CELERY_APP": "shop", "CELERY_WORKER_OPTS": "--queues=celery --concurrency=2"}
+    command = ["celery", "-A", "${CELERY_APP}", "worker", "$CELERY_WORKER_OPTS", "--x=${MISSING}"]
+    assert celery_supervise.expand(command, env) == [
+        "celery",
+        "-A",
+        "shop",
+        "worker",
+        "--queues=celery",
+        "--concurrency=2",
+        "--x=",
+    ]
+
+
+def fake_helpers(folder: Path) -> None:
+    """celery_drain.py and celery_recover.py stand-ins that write what they were asked."""
+    for name in ("celery_drain.py", "celery_recover.py"):
+        (folder / name).write_text(
+            "import os, sys\n"
+            f"open(os.environ['CALLS'], 'a').write('{name} ' + ' '.join(sys.argv[1:])"
+            " + ' ' + os.environ.get('SERVICE_RESULT', '-') + '\\n')\n"
+        )
+
+
+def run_wrapper(tmp_path: Path, child: str, send=None):
+    wrapper = tmp_path / "celery_supervise.py"
+    wrapper.write_text((FILES / "celery_supervise.py").read_text())
+    fake_helpers(tmp_path)
+    calls = tmp_path / "calls"
+    calls.write_text("")
+    script = tmp_path / "child.py"
+    script.write_text(textwrap.dedent(child))
+    proc = subprocess.Popen(
+        [sys.executable, str(wrapper), "--drain", "fast@%h", "--", sys.executable, str(script)],
+        env={**os.environ, "CALLS": str(calls), "CELERY_DRAIN_TIMEOUT": "7"},
+    )
+    time.sleep(1.0)  # the child is up
+    if send:
+        send(proc)
+    rc = proc.wait(30)
+    return rc, calls.read_text().splitlines()
+
+
+def test_sigterm_drains_first_then_reaches_the_child_and_counts_as_clean(tmp_path):
+    child = """
+        import signal, sys, time
+        signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))  # Celery's warm shutdown
+        time.sleep(30)
+    """
+    rc, calls = run_wrapper(tmp_path, child, lambda p: p.send_signal(signal.SIGTERM))
+    assert rc == 0
+    assert len(calls) == 1 and calls[0].startswith("celery_drain.py fast@")
+    assert calls[0].split()[2] == "7"  # the group's drain timeout
+    assert "%h" not in calls[0]
+
+
+def test_a_killed_child_is_recovered_after_and_the_wrapper_fails(tmp_path):
+    child = """
+        import os, signal
+        os.kill(os.getpid(), signal.SIGKILL)
+    """
+    rc, calls = run_wrapper(tmp_path, child)
+    assert rc == 128 + signal.SIGKILL
+    assert calls == ["celery_recover.py --if-unclean --margin 5 signal"]
+
+
+def test_the_wheelhouse_lock_lets_one_build_run_at_a_time(tmp_path):
+    lock, events = tmp_path / ".house.lock", []
+
+    def hold(name):
+        with build_wheelhouse.locked(lock):
+            events.append(f"{name} in")
+            time.sleep(0.3)
+            events.append(f"{name} out")
+
+    first = threading.Thread(target=hold, args=("a",))
+    first.start()
+    time.sleep(0.1)
+    hold("b")
+    first.join()
+    assert events == ["a in", "a out", "b in", "b out"]
