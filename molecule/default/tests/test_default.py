@@ -113,6 +113,12 @@ def test_verify_playbook_passes():
     assert re.search(r"beat\s+celery-toolkit-default\s", out)
 
 
+def test_check_mode_on_the_converged_host_changes_nothing():
+    proc, _ = run_playbook("deploy.yml", "--check", "--diff")
+    recap = [line for line in proc.stdout.splitlines() if line.startswith("celery-toolkit-default")]
+    assert recap and "changed=0" in recap[-1] and "failed=0" in recap[-1], recap
+
+
 def test_nothing_lands_in_the_default_folders(host):
     """With celery_app_base_dir and celery_app_config_dir set, no role or playbook falls back to
     /opt/refapp or /etc/refapp; the layout is recorded as the host's local fact."""

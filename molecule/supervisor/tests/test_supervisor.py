@@ -101,6 +101,14 @@ def test_verify_passes_and_names_the_supervised_nodes():
     assert re.search(rf"beat\s+{HOST}\s", out)
 
 
+def test_check_mode_on_the_converged_host_changes_nothing(host):
+    before = programs(host)
+    out, _ = playbook("deploy.yml", "--check", "--diff")
+    recap = [line for line in out.splitlines() if line.startswith(HOST)]
+    assert recap and "changed=0" in recap[-1] and "failed=0" in recap[-1], recap
+    assert programs(host) == before
+
+
 @pytest.fixture(scope="module")
 def rollback_run(host):
     return switch_under_load(host, "svrb", "rollback.yml", figures=FIGURES)
