@@ -109,6 +109,27 @@ def test_check_mode_on_the_converged_host_changes_nothing(host):
     assert programs(host) == before
 
 
+def pids(host):
+    """supervisorctl pid of every program: a restart gives a program a new one."""
+    return {p: host.check_output(f"supervisorctl pid {p}") for p in PROGRAMS}
+
+
+def test_a_change_to_one_group_restarts_that_group_only(host):
+    groups = yaml.safe_load((ROOT / "roles/celery_workers/defaults/main.yml").read_text())[
+        "celery_workers_groups"
+    ]
+    before = pids(host)
+    changed = [{**g, "concurrency": 3} if g["name"] == "fast" else g for g in groups]
+    playbook("deploy.yml", "-e", json.dumps({"celery_workers_groups": changed}))
+    after = pids(host)
+    assert after["refapp-worker-fast"] != before["refapp-worker-fast"]
+    assert {p: after[p] for p in PROGRAMS[1:]} == {p: before[p] for p in PROGRAMS[1:]}
+    assert "--concurrency=3" in host.check_output("ps -eo args | grep '[f]ast@supervisor'")
+    playbook("deploy.yml")  # back to the inventory's layout
+    fast = host.check_output("ps -eo args | grep '[f]ast@supervisor'")
+    assert "--concurrency=4" in fast and "--concurrency=3" not in fast
+
+
 @pytest.fixture(scope="module")
 def rollback_run(host):
     return switch_under_load(host, "svrb", "rollback.yml", figures=FIGURES)
