@@ -68,6 +68,16 @@ def wait_until_ran(
     return read()
 
 
+def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
+    """Poll predicate() every second until it holds or `timeout` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(1)
+    return predicate()
+
+
 def record_figure(file_name: str, name: str, value: object) -> None:
     """Keep a measured figure in .cache/<file_name> (JSON) for the closing notes."""
     path = ROOT / ".cache" / file_name

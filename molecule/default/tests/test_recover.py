@@ -8,7 +8,7 @@ import re
 import time
 import uuid
 
-from playbook_runner import LEDGER, record_figure, run_playbook
+from playbook_runner import LEDGER, record_figure, run_playbook, wait_for
 
 RUN = uuid.uuid4().hex[:8]
 LOAD = """
@@ -44,15 +44,6 @@ def ledger(host, prefix):
 
 def flat(text):
     return re.sub(r"\s+", " ", text)
-
-
-def wait_for(predicate, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(1)
-    return predicate()
 
 
 def test_kill_9_of_a_worker_leaves_no_task_stranded(host):

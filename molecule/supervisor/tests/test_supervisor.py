@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from load import as_app, assert_exactly_once, playbook, switch_under_load
-from playbook_runner import LEDGER, ROOT, record_figure, run_playbook
+from playbook_runner import LEDGER, ROOT, record_figure, run_playbook, wait_for
 
 HOST = "celery-toolkit-supervisor"
 PROGRAMS = ["refapp-worker-fast", "refapp-worker-slow", "refapp-beat", "refapp-flower"]
@@ -40,15 +40,6 @@ def busy(host):
         return sum(len(v) for v in json.loads(out).values()) >= 4
     except ValueError:
         return False
-
-
-def wait_for(predicate, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(1)
-    return predicate()
 
 
 def programs(host):
