@@ -70,6 +70,11 @@ def test_programs_stop_warmly_with_the_groups_stop_timeout(host):
         "ps -eo user:20,args | grep '[c]elery -A refapp worker' | awk '{print $1}'"
     )
     assert set(users.split()) == {"refapp"}
+    # with the app user's HOME, as systemd's User= gives it, not supervisord's (root's)
+    environ = host.check_output(
+        f"tr '\\0' '\\n' < /proc/{celery_main_pid(host, 'refapp-worker-fast')}/environ"
+    )
+    assert "HOME=/opt/refapp" in environ.splitlines()
 
 
 def test_a_vm_shutdown_waits_for_the_longest_group_and_stops_supervisord_before_redis(host):
