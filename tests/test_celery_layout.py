@@ -328,3 +328,44 @@ def test_health_report_under_supervisor_says_what_supervisord_says():
         "Last lines of its log:",
         "  | ImportError: x",
     ]
+
+
+def test_supervisor_pids_tell_which_programs_did_not_restart():
+    from celery_process import (
+        celery_supervisor_not_restarted,
+        celery_supervisor_pids,
+        celery_supervisor_status,
+    )
+
+    def status(lines):
+        return celery_supervisor_status(lines, "shop", ["worker@main", "worker@mail", "beat"])
+
+    before = celery_supervisor_pids(
+        status(
+            [
+                "shop-worker-main   RUNNING   pid 10, uptime 0:01:00",
+                "shop-worker-mail   RUNNING   pid 11, uptime 0:01:00",
+                "shop-beat          STOPPED   Nov 26 09:00 AM",
+            ]
+        )
+    )
+    assert before == {"worker@main": "10", "worker@mail": "11", "beat": ""}
+    after = status(
+        [
+            "shop-worker-main   RUNNING   pid 20, uptime 0:00:01",
+            "shop-worker-mail   RUNNING   pid 11, uptime 0:01:05",
+            "shop-beat          STOPPED   Nov 26 09:00 AM",
+        ]
+    )
+    assert celery_supervisor_not_restarted(after, before) == ["worker@mail", "beat"]
+
+
+def test_a_renamed_variable_is_refused_naming_its_successor():
+    from celery_layout import renamed_errors
+
+    assert renamed_errors("vm1", {"celery_workers_memory_deny_write_execute": True}) == [
+        "celery_workers_memory_deny_write_execute is set on vm1 but the toolkit no longer reads "
+        "it: set celery_app_memory_deny_write_execute (it now hardens every service of the app, "
+        "Flower too)"
+    ]
+    assert renamed_errors("vm1", {"celery_app_memory_deny_write_execute": True}) == []

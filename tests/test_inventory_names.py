@@ -209,3 +209,14 @@ def test_the_ansible_entry_point_runs_the_new_rules():
         {"broker": ["vm1"], "celery_workers": ["vm1"], "flower": ["vm1"]}, hostvars, []
     )
     assert [e.split(" on vm1")[0] for e in errors] == ["celery_app_name", "celery_app_broker_url"]
+
+
+@pytest.mark.parametrize("name", ["systemd", "user", "getty", "apt", "dbus"])
+def test_app_name_whose_units_prefix_system_units_is_refused(name):
+    from celery_layout import app_name_errors
+
+    errors = app_name_errors("vm1", {"celery_app_name": name})
+    assert any(
+        e.startswith(f"celery_app_name on vm1 is {name!r}: the app's hardening drop-in")
+        for e in errors
+    ), errors

@@ -308,6 +308,20 @@ def batch_errors(value: Any) -> list[str]:
 
 
 PROCESS_MANAGERS = ("systemd", "supervisor")
+# Variables an earlier version of the toolkit read, and the ones that replaced them: an
+# inventory that still sets one would silently lose its effect.
+RENAMED = {
+    "celery_workers_memory_deny_write_execute": "celery_app_memory_deny_write_execute (it now "
+    "hardens every service of the app, Flower too)",
+}
+
+
+def renamed_errors(host: str, hv: Mapping[str, Any]) -> list[str]:
+    return [
+        f"{old} is set on {host} but the toolkit no longer reads it: set {new}"
+        for old, new in RENAMED.items()
+        if old in hv
+    ]
 
 
 def process_manager_errors(host: str, hv: Mapping[str, Any]) -> list[str]:
@@ -340,6 +354,14 @@ RESERVED_ACCOUNTS = _words(
     "audio video plugdev netdev operator src voice tape input sgx kvm render crontab "
     "messagebus sshd _apt systemd-journal systemd-network systemd-resolve systemd-timesync "
     "redis docker"
+)
+# systemd applies the app's hardening drop-in (<name>-.service.d/) to every unit whose name
+# starts with "<name>-": these names would harden (and break) units of the system.
+SYSTEM_UNIT_PREFIXES = _words(
+    "systemd user getty serial-getty console-getty container-getty apt dpkg dbus ssh cron "
+    "e2scrub fstrim logrotate man-db polkit network networking ifup wpa rsyslog supervisor "
+    "redis docker containerd emergency rescue kmod modprobe initrd quotaon rc sys dev run "
+    "user-runtime-dir setvtrgb keyboard console"
 )
 # Folders the system owns: the toolkit makes its base and config folders its own (owner, mode)
 # and deletes old releases in the base folder.
@@ -385,6 +407,12 @@ def app_name_errors(host: str, hv: Mapping[str, Any]) -> list[str]:
                 f"{var} on {host} is {value!r}, an account the system (or the broker) already "
                 "has: the app runs as its own unprivileged user. Choose another "
                 f"{'name' if var == 'celery_app_name' else var.rsplit('_', 1)[1]} (e.g. 'shop')."
+            )
+        elif var == "celery_app_name" and value in SYSTEM_UNIT_PREFIXES:
+            errors.append(
+                f"celery_app_name on {host} is {value!r}: the app's hardening drop-in "
+                f"({value}-.service.d) applies to every unit whose name starts with '{value}-', "
+                "and units of the system do. Choose a name of the app's own (e.g. 'shop')."
             )
     dirs = {
         "celery_app_base_dir": str(hv.get("celery_app_base_dir", f"/opt/{name}")),
@@ -553,6 +581,7 @@ def celery_inventory_errors(
     for host in workers:
         errors += app_name_errors(host, hostvars[host])
         errors += process_manager_errors(host, hostvars[host])
+        errors += renamed_errors(host, hostvars[host])
         errors += group_errors(host, hostvars[host].get("celery_workers_groups", default_groups))
     errors += broker_url_errors(workers, groups.get("broker", []), hostvars)
     needs: dict[str, dict[str, int]] = {}
