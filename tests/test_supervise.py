@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -57,46 +56,79 @@ def fake_helpers(folder: Path) -> None:
         )
 
 
-def run_wrapper(tmp_path: Path, child: str, send=None):
+# The child writes "ready" once its handler is in place, and "TERM" when SIGTERM reaches it.
+CHILD = """
+import os, signal, sys, time
+def on_term(*_):
+    open(os.environ["CALLS"], "a").write("TERM\\n")
+    sys.exit(0)  # Celery's warm shutdown
+signal.signal(signal.SIGTERM, on_term)
+open(os.environ["CALLS"], "a").write("ready\\n")
+if "--die" in sys.argv:
+    os.kill(os.getpid(), signal.SIGKILL)
+time.sleep(30)
+"""
+
+
+def run_wrapper(tmp_path: Path, *child_args: str, options=(), send=None):
     wrapper = tmp_path / "celery_supervise.py"
     wrapper.write_text((FILES / "celery_supervise.py").read_text())
     fake_helpers(tmp_path)
     calls = tmp_path / "calls"
     calls.write_text("")
     script = tmp_path / "child.py"
-    script.write_text(textwrap.dedent(child))
+    script.write_text(CHILD)
     proc = subprocess.Popen(
-        [sys.executable, str(wrapper), "--drain", "fast@%h", "--", sys.executable, str(script)],
+        [sys.executable, str(wrapper), "--drain", "fast@%h", *options, "--"]
+        + [sys.executable, str(script), *child_args],
         env={**os.environ, "CALLS": str(calls), "CELERY_DRAIN_TIMEOUT": "7"},
     )
-    time.sleep(1.0)  # the child is up
+    deadline = time.monotonic() + 20
+    while "ready" not in calls.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
     if send:
         send(proc)
     rc = proc.wait(30)
-    return rc, calls.read_text().splitlines()
+    return rc, [line for line in calls.read_text().splitlines() if line != "ready"]
 
 
 def test_sigterm_drains_first_then_reaches_the_child_and_counts_as_clean(tmp_path):
-    child = """
-        import signal, sys, time
-        signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))  # Celery's warm shutdown
-        time.sleep(30)
-    """
-    rc, calls = run_wrapper(tmp_path, child, lambda p: p.send_signal(signal.SIGTERM))
+    rc, calls = run_wrapper(tmp_path, send=lambda p: p.send_signal(signal.SIGTERM))
     assert rc == 0
-    assert len(calls) == 1 and calls[0].startswith("celery_drain.py fast@")
+    assert len(calls) == 2 and calls[0].startswith("celery_drain.py fast@"), calls
     assert calls[0].split()[2] == "7"  # the group's drain timeout
     assert "%h" not in calls[0]
+    assert calls[1] == "TERM"  # only after the drain: never the other way round
 
 
 def test_a_killed_child_is_recovered_after_and_the_wrapper_fails(tmp_path):
-    child = """
-        import os, signal
-        os.kill(os.getpid(), signal.SIGKILL)
-    """
-    rc, calls = run_wrapper(tmp_path, child)
+    rc, calls = run_wrapper(tmp_path, "--die")
     assert rc == 128 + signal.SIGKILL
     assert calls == ["celery_recover.py --if-unclean --margin 5 signal"]
+
+
+def test_a_start_after_the_wrapper_was_killed_recovers_first(tmp_path):
+    """kill -9 of the wrapper (a stop that outlasted stopwaitsecs): no recovery could run then;
+    the next start finds its marker and gives back what the last run held, once."""
+    state = tmp_path / "state"
+    state.mkdir()
+    rc, calls = run_wrapper(
+        tmp_path, options=("--state", str(state)), send=lambda p: p.send_signal(signal.SIGKILL)
+    )
+    assert rc == -signal.SIGKILL
+    assert len(list(state.glob("fast@*.running"))) == 1
+    # the child, orphaned, gets SIGTERM (parent death): a warm shutdown, not a run unsupervised
+    deadline = time.monotonic() + 10
+    while "TERM" not in (tmp_path / "calls").read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (tmp_path / "calls").read_text().split() == ["ready", "TERM"]
+    rc, calls = run_wrapper(
+        tmp_path, options=("--state", str(state)), send=lambda p: p.send_signal(signal.SIGTERM)
+    )
+    assert rc == 0
+    assert calls[0] == "celery_recover.py --if-unclean --margin 5 signal"
+    assert calls[1].startswith("celery_drain.py") and calls[2] == "TERM"
+    assert list(state.glob("*.running")) == []  # a clean end leaves no marker
 
 
 def test_the_wheelhouse_lock_lets_one_build_run_at_a_time(tmp_path):

@@ -36,6 +36,25 @@ def celery_supervisor_status(
     return status
 
 
+def celery_supervisor_pids(status: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
+    """process -> pid of a running program (from `celery_supervisor_status`); a restart gives
+    a new one. A program without a pid (stopped, starting) maps to ""."""
+    return {process: _pid(str(entry.get("detail", ""))) for process, entry in status.items()}
+
+
+def celery_supervisor_not_restarted(
+    status: Mapping[str, Mapping[str, str]], pids_before: Mapping[str, str]
+) -> list[str]:
+    """The processes whose pid is what it was before (`celery_supervisor_pids`): not restarted
+    since (or still not running)."""
+    now = celery_supervisor_pids(status)
+    return [process for process, pid in now.items() if pid == pids_before.get(process, "")]
+
+
+def _pid(detail: str) -> str:
+    return detail.split(",")[0].removeprefix("pid ").strip() if detail.startswith("pid ") else ""
+
+
 def celery_supervisor_described(
     checks: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]],
 ) -> list[dict[str, Any]]:
@@ -44,7 +63,7 @@ def celery_supervisor_described(
     described = []
     for status, log in checks:
         detail = str(status.get("detail", ""))
-        pid = detail.split(",")[0].removeprefix("pid ").strip() if detail.startswith("pid ") else ""
+        pid = _pid(detail)
         described.append(
             {
                 "process": status.get("process", "?"),
@@ -89,5 +108,7 @@ class FilterModule:
             "celery_supervisor_program": celery_supervisor_program,
             "celery_supervisor_status": celery_supervisor_status,
             "celery_supervisor_described": celery_supervisor_described,
+            "celery_supervisor_pids": celery_supervisor_pids,
+            "celery_supervisor_not_restarted": celery_supervisor_not_restarted,
             "celery_systemd_described": celery_systemd_described,
         }

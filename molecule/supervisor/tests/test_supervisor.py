@@ -64,7 +64,7 @@ def test_programs_stop_warmly_with_the_groups_stop_timeout(host):
     slow = host.file("/etc/supervisor/conf.d/refapp-worker-slow.conf").content_string
     assert "stopasgroup=false" in slow
     assert "stopsignal=TERM" in slow
-    assert "stopwaitsecs=1920" in slow
+    assert "stopwaitsecs=3840" in slow  # the drain and the warm shutdown, 1920 s each
     # the worker runs as the app, not as supervisord's root
     users = host.check_output(
         "ps -eo user:20,args | grep '[c]elery -A refapp worker' | awk '{print $1}'"
@@ -79,7 +79,8 @@ def test_programs_stop_warmly_with_the_groups_stop_timeout(host):
 
 def test_a_vm_shutdown_waits_for_the_longest_group_and_stops_supervisord_before_redis(host):
     props = host.check_output("systemctl show -p TimeoutStopUSec -p After supervisor.service")
-    assert "TimeoutStopUSec=32min 30s" in props  # slow's stop_timeout (1920 s) + 30 s
+    # every program's stopwaitsecs added up: 2 x (1920 + 120) for the groups, 30 + 30 + 30 more
+    assert "TimeoutStopUSec=1h 9min 30s" in props
     assert "redis-server.service" in props.split("After=")[1]
 
 
