@@ -1,13 +1,17 @@
 #!/usr/bin/env python3
-"""Benchmark: cold deploy and idempotent re-run time for 1, 2, 4 and 8 worker hosts.
+"""Benchmark: deploy.yml's wall time for 1, 2, 4 and 8 worker hosts.
 
-    .venv/bin/python tests/bench/scale.py [--sizes 1 2 4 8]
+    .venv/bin/python tests/bench/scale.py [--sizes 1 2 4 8] [--batch 1 25%]
+        [--rev REV --json .cache/bench/before.json] [--compare .cache/bench/before.json]
 
-For each size it creates a fleet (one Redis VM plus N worker VMs running the fast group, the
-first also slow, beat and Flower) on a private network, runs deploy.yml twice, records both
-times and how many wheelhouses the controller built over the two runs (from an empty cache),
-and destroys the fleet. The containers carry the project label with owner "bench-scale".
-Prints a table: ratios matter, not seconds.
+For each celery_deploy_batch and size it creates a fleet (one Redis VM plus N worker VMs running
+the fast group, the first also slow, beat and Flower) on a private network and runs deploy.yml
+three times: cold (from an empty wheelhouse cache), a re-run that changes nothing, and a re-run
+in which the last host's fast group has one more process (one group restarts on one host). It
+records each run's time, each play's time, the re-run's changed tasks and the wheelhouses built,
+then destroys the fleet. The containers carry the project label with owner "bench-scale".
+--rev deploys from a git worktree of that revision (the toolkit before a change); --compare
+prints a saved run above this one. Ratios matter, not seconds.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
 BIN = ROOT / ".venv" / "bin"
 NET = "172.30.78"
 GROUP = {"pool": "prefork", "max_tasks_per_child": 1000, "max_memory_per_child": 262144}
@@ -46,12 +51,20 @@ SLOW = {
 }
 
 
-def run(args: list[str], inventory: Path | None = None) -> tuple[str, float]:
+def run(
+    args: list[str], inventory: Path | None = None, cwd: Path = ROOT, times: Path | None = None
+) -> tuple[str, float]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
-    env.update(ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    env.update(ANSIBLE_CONFIG=str(cwd / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    if times:
+        env.update(
+            ANSIBLE_CALLBACK_PLUGINS=str(HERE / "callback_plugins"),
+            ANSIBLE_CALLBACKS_ENABLED="play_times",
+            CELERY_TOOLKIT_PLAY_TIMES=str(times),
+        )
     started = time.monotonic()
     cmd = [*args[:1], *(["-i", str(inventory)] if inventory else []), *args[1:]]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env)
     seconds = time.monotonic() - started
     if proc.returncode != 0:
         sys.exit(f"{' '.join(cmd[:4])} failed:\n{proc.stdout[-3000:]}{proc.stderr[-1500:]}")
@@ -63,7 +76,9 @@ def wheelhouses_built(out: str) -> int:
     return len(re.findall(r"^changed: \[[^\]]+ -> localhost\] => \(item=\d+\.\d+", out, re.M))
 
 
-def write_fleet(folder: Path, n: int) -> tuple[Path, Path]:
+def write_fleet(folder: Path, n: int, batch: str, bumped: bool = False) -> tuple[Path, Path]:
+    """The fleet and its inventory; bumped: the last worker host's fast group gets one more
+    process (a re-run then restarts that one group on that one host)."""
     workers = [f"bench-w{i}" for i in range(1, n + 1)]
     platforms = [
         {
@@ -95,6 +110,7 @@ def write_fleet(folder: Path, n: int) -> tuple[Path, Path]:
                 "flower_basic_auth_password": "bench-flower-password",
                 "celery_workers_beat_enabled": False,
                 "celery_workers_groups": [FAST],
+                "celery_deploy_batch": batch,
                 # an empty cache per size: every cold deploy builds its wheelhouse once
                 "celery_app_wheelhouse_cache": str(folder / "wheelhouse"),
             },
@@ -109,55 +125,124 @@ def write_fleet(folder: Path, n: int) -> tuple[Path, Path]:
         "celery_workers_beat_enabled": True,
         "celery_workers_groups": [FAST, SLOW],
     }
+    if bumped:
+        last = inventory["all"]["hosts"].get(workers[-1]) or {"celery_workers_groups": [FAST]}
+        last["celery_workers_groups"] = [
+            {**g, "concurrency": g["concurrency"] + 1} if g["name"] == "fast" else g
+            for g in last["celery_workers_groups"]
+        ]
+        inventory["all"]["hosts"][workers[-1]] = last
     hosts_file = folder / "hosts.yml"
     hosts_file.write_text(yaml.safe_dump(inventory))
     return hosts_file, fleet
 
 
+def worktree(rev: str, folder: Path) -> Path:
+    """A checkout of rev to deploy from (the toolkit before a change), sharing this .venv."""
+    tree = folder / "rev"
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", str(tree), rev],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    (tree / ".venv").symlink_to(ROOT / ".venv")
+    return tree
+
+
+def measure(n: int, batch: str, tree: Path, folder: Path) -> dict:
+    """Cold deploy, re-run, and a re-run that restarts one group on one host, on a new fleet."""
+    hosts, fleet = write_fleet(folder, n, batch)
+    playbook = str(BIN / "ansible-playbook")
+    destroy = [playbook, "molecule/resources/destroy.yml", "-e", "fleet_owner=bench-scale"]
+    run(destroy)
+    run([playbook, "molecule/resources/create.yml", "-e", f"@{fleet}"])
+    row: dict = {"workers": n, "batch": batch}
+    try:
+        built = 0
+        for step in ("cold", "rerun", "restart_one"):
+            if step == "restart_one":
+                hosts, _ = write_fleet(folder, n, batch, bumped=True)
+            times = folder / f"{step}.json"
+            out, seconds = run([playbook, "playbooks/deploy.yml"], hosts, cwd=tree, times=times)
+            built += wheelhouses_built(out)
+            row[step] = round(seconds, 1)
+            row[f"{step}_plays"] = json.loads(times.read_text())
+            row[f"{step}_changed"] = sum(int(c) for c in re.findall(r"changed=(\d+)", out))
+        row["wheelhouses_built"] = built
+    finally:
+        run(destroy)
+    return row
+
+
+def table(rows: list[dict], label: str) -> str:
+    lines = [
+        f"{label}: deploy.yml wall time, s (x1 = divided by the same batch's 1-host figure)",
+        f"{'workers':>7} {'batch':>5} {'cold':>7} {'x1':>5} {'re-run':>7} {'x1':>5} {'/cold':>6} "
+        f"{'restart 1':>9} {'x1':>5} {'re-run changed':>14} {'wheelhouses':>11}",
+    ]
+    for r in rows:
+        one = next(
+            x
+            for x in rows
+            if x["batch"] == r["batch"]
+            and x["workers"] == min(y["workers"] for y in rows if y["batch"] == r["batch"])
+        )
+        lines.append(
+            f"{r['workers']:>7} {r['batch']:>5} {r['cold']:>7.1f} {r['cold'] / one['cold']:>5.2f} "
+            f"{r['rerun']:>7.1f} {r['rerun'] / one['rerun']:>5.2f} {r['rerun'] / r['cold']:>6.2f} "
+            f"{r['restart_one']:>9.1f} {r['restart_one'] / one['restart_one']:>5.2f} "
+            f"{r['rerun_changed']:>14} {r['wheelhouses_built']:>11}"
+        )
+    lines.append("")
+    lines.append("wall time of each play, s (cold / re-run / restart 1):")
+    for r in rows:
+        lines.append(f"  {r['workers']} workers, batch {r['batch']}:")
+        for i, (name, cold) in enumerate(r["cold_plays"]):
+            rerun = r["rerun_plays"][i][1] if i < len(r["rerun_plays"]) else 0
+            one = r["restart_one_plays"][i][1] if i < len(r["restart_one_plays"]) else 0
+            lines.append(f"    {cold:>6.1f} {rerun:>6.1f} {one:>6.1f}  {name}")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--batch", nargs="+", default=["1", "25%"], help="celery_deploy_batch")
+    parser.add_argument("--rev", help="deploy from this git revision")
+    parser.add_argument("--label", default="", help="the table's name")
+    parser.add_argument("--json", type=Path, help="also write the rows to this file")
+    parser.add_argument("--compare", type=Path, nargs="*", default=[], help="saved runs to print")
     args = parser.parse_args()
+    label = args.label or args.rev or "working tree"
     rows = []
-    for n in args.sizes:
-        with tempfile.TemporaryDirectory() as tmp:
-            hosts, fleet = write_fleet(Path(tmp), n)
-            create = [
-                str(BIN / "ansible-playbook"),
-                "molecule/resources/create.yml",
-                "-e",
-                f"@{fleet}",
-            ]
-            destroy = [
-                str(BIN / "ansible-playbook"),
-                "molecule/resources/destroy.yml",
-                "-e",
-                "fleet_owner=bench-scale",
-            ]
-            run(destroy)
-            run(create)
-            try:
-                out, cold = run([str(BIN / "ansible-playbook"), "playbooks/deploy.yml"], hosts)
-                built = wheelhouses_built(out)
-                out2, warm = run([str(BIN / "ansible-playbook"), "playbooks/deploy.yml"], hosts)
-                built += wheelhouses_built(out2)
-                changed = sum(int(c) for c in re.findall(r"changed=(\d+)", out2))
-            finally:
-                run(destroy)
-        rows.append((n, cold, warm, built, changed))
-        print(f"  {n} worker hosts: cold {cold:.0f} s, re-run {warm:.0f} s", file=sys.stderr)
-
-    base_cold, base_warm = rows[0][1], rows[0][2]
-    print(
-        f"{'workers':>7} {'cold s':>8} {'x1':>6} {'re-run s':>9} {'x1':>6} "
-        f"{'wheelhouses built':>18} {'re-run changed':>15}"
-    )
-    for n, cold, warm, built, changed in rows:
-        print(
-            f"{n:>7} {cold:>8.0f} {cold / base_cold:>6.2f} {warm:>9.0f} {warm / base_warm:>6.2f} "
-            f"{built:>18} {changed:>15}"
-        )
-    print(json.dumps({"rows": rows}))
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = worktree(args.rev, Path(tmp)) if args.rev else ROOT
+        try:
+            for batch in args.batch:
+                for n in args.sizes:
+                    with tempfile.TemporaryDirectory() as size_tmp:
+                        row = measure(n, batch, tree, Path(size_tmp))
+                    rows.append(row)
+                    print(
+                        f"  {label}: {n} workers, batch {batch}: cold {row['cold']:.0f} s, "
+                        f"re-run {row['rerun']:.0f} s, restart one {row['restart_one']:.0f} s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+        finally:
+            if args.rev:
+                subprocess.run(
+                    ["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False
+                )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"label": label, "rows": rows}, indent=1))
+    for saved in args.compare:
+        old = json.loads(saved.read_text())
+        print(table(old["rows"], old["label"]))
+        print()
+    print(table(rows, label))
     return 0
 
 
