@@ -195,9 +195,12 @@ def test_a_failed_host_halts_the_rollout_and_the_rest_keep_running(tmp_path):
     )
     assert proc.returncode != 0
     assert "could not be installed on cluster-fast-2" in re.sub(r"\s+", " ", proc.stdout)
-    assert current_release("cluster-fast-1") != old["cluster-fast-1"]  # batch 1 went through
-    assert current_release("cluster-fast-2") == old["cluster-fast-2"]  # rescued, untouched
-    assert current_release("cluster-slow-1") == old["cluster-slow-1"]  # never reached
+    # the release is staged on every host at once, before any host switches: a host that
+    # cannot install it halts the deploy while every host still runs its old release
+    assert {host: current_release(host) for host in WORKERS} == old
+    assert not re.search(
+        r"^PLAY \[Deploy the Celery app and its worker groups\]", proc.stdout, re.M
+    )
     # the refused environment never reached fast-2's live file, which its workers read
     assert "REFAPP_VISIBILITY_TIMEOUT" not in docker_exec(
         "cluster-fast-2", "cat", "/etc/refapp/refapp.env"
@@ -208,12 +211,11 @@ def test_a_failed_host_halts_the_rollout_and_the_rest_keep_running(tmp_path):
     run_playbook("deploy.yml", "-e", json.dumps(fixed))
     releases = {host: current_release(host) for host in WORKERS}
     # every host left its old release; an id is <deploy stamp>-<wheelhouse hash>, so the trixie
-    # host (Python 3.13, its own wheelhouse) has another hash, and fast-1 kept the release it
-    # had already installed for this code in the halted deploy
+    # host (Python 3.13, its own wheelhouse) has another hash, and the two bookworm hosts run the
+    # same release (the one the halted deploy staged, or one this deploy made for both)
     assert all(releases[h] != old[h] for h in WORKERS), (old, releases)
-    stamps = {h: releases[h].split("-")[0] for h in WORKERS}
-    assert stamps["cluster-fast-2"] == stamps["cluster-slow-1"], releases  # one stamp per deploy
-    assert releases["cluster-fast-1"].split("-")[1] == releases["cluster-slow-1"].split("-")[1]
+    assert releases["cluster-fast-1"] == releases["cluster-slow-1"], releases
+    assert releases["cluster-fast-2"].split("-")[1] != releases["cluster-slow-1"].split("-")[1]
 
 
 def test_a_release_whose_workers_cannot_start_returns_the_host_and_halts(tmp_path):
@@ -244,6 +246,7 @@ def test_a_release_whose_workers_cannot_start_returns_the_host_and_halts(tmp_pat
             }
         )
     )
+    started = {host: worker_started(host) for host in WORKERS}
     proc, _ = run_playbook(
         "deploy.yml",
         "-e",
@@ -256,10 +259,26 @@ def test_a_release_whose_workers_cannot_start_returns_the_host_and_halts(tmp_pat
     assert "worker group 'fast' on cluster-fast-1 does not answer a ping" in out
     assert f"cluster-fast-1 is back on release {old['cluster-fast-1']}" in out
     assert {host: current_release(host) for host in WORKERS} == old
-    # the hosts after it were never reached: nothing changed there
-    recap = dict(re.findall(r"^(cluster-\S+)\s+: ok=\d+\s+changed=(\d+)", proc.stdout, re.M))
-    assert recap.get("cluster-fast-2") == "0" and recap.get("cluster-slow-1") == "0", recap
+    # the hosts after it were never reached: staged, but neither switched nor restarted
+    switch_play = proc.stdout.split("PLAY [Deploy the Celery app and its worker groups]", 1)[1]
+    assert "[cluster-fast-2]" not in switch_play and "[cluster-slow-1]" not in switch_play
+    for host in ("cluster-fast-2", "cluster-slow-1"):
+        assert worker_started(host) == started[host], host
     assert wait_until_workers_answer().returncode == 0
+
+
+def worker_started(host: str) -> str:
+    """When the host's worker group last started (systemd's monotonic timestamp)."""
+    group = "slow" if "slow" in host else "fast"
+    return docker_exec(
+        host,
+        "systemctl",
+        "show",
+        "-p",
+        "ActiveEnterTimestampMonotonic",
+        "--value",
+        f"refapp-worker@{group}",
+    ).strip()
 
 
 @pytest.fixture(autouse=True, scope="module")
