@@ -1,17 +1,18 @@
 #!/usr/bin/env python3
 """Benchmark: deploy.yml's wall time for 1, 2, 4 and 8 worker hosts.
 
-    .venv/bin/python tests/bench/scale.py [--sizes 1 2 4 8] [--batch 1 25%]
-        [--rev REV --json .cache/bench/before.json] [--compare .cache/bench/before.json]
+    .venv/bin/python tests/bench/scale.py [--sizes 1 2 4 8]
+        [--runs before:<commit>:1 after:.:1 after:.:25%] [--json .cache/bench/scale.json]
 
-For each celery_deploy_batch and size it creates a fleet (one Redis VM plus N worker VMs running
-the fast group, the first also slow, beat and Flower) on a private network and runs deploy.yml
-three times: cold (from an empty wheelhouse cache), a re-run that changes nothing, and a re-run
-in which the last host's fast group has one more process (one group restarts on one host). It
-records each run's time, each play's time, the re-run's changed tasks and the wheelhouses built,
-then destroys the fleet. The containers carry the project label with owner "bench-scale".
---rev deploys from a git worktree of that revision (the toolkit before a change); --compare
-prints a saved run above this one. Ratios matter, not seconds.
+For each size and run (a label, a git revision to deploy from, a celery_deploy_batch; runs of
+one size follow each other, so they see the same machine) it creates a fleet (one Redis VM plus
+N worker VMs running the fast group, the first also slow, beat and Flower) on a private network
+and runs deploy.yml three times: cold (from an empty wheelhouse cache), a re-run that changes
+nothing, and a re-run in which the last host's fast group has one more process (one group
+restarts on one host). It records each run's time, each play's time, the re-run's changed tasks
+and the wheelhouses built, then destroys the fleet (its containers carry the project label
+with owner "bench-scale"). A revision other than "." is deployed from a git worktree of it
+(the toolkit before a change). Ratios matter, not seconds.
 """
 
 from __future__ import annotations
@@ -137,9 +138,8 @@ def write_fleet(folder: Path, n: int, batch: str, bumped: bool = False) -> tuple
     return hosts_file, fleet
 
 
-def worktree(rev: str, folder: Path) -> Path:
+def worktree(rev: str, tree: Path) -> Path:
     """A checkout of rev to deploy from (the toolkit before a change), sharing this .venv."""
-    tree = folder / "rev"
     subprocess.run(
         ["git", "worktree", "add", "--detach", str(tree), rev],
         cwd=ROOT,
@@ -177,7 +177,7 @@ def measure(n: int, batch: str, tree: Path, folder: Path) -> dict:
 
 def table(rows: list[dict], label: str) -> str:
     lines = [
-        f"{label}: deploy.yml wall time, s (x1 = divided by the same batch's 1-host figure)",
+        f"{label}: deploy.yml wall time, s (x1: divided by the 1-host figure)",
         f"{'workers':>7} {'batch':>5} {'cold':>7} {'x1':>5} {'re-run':>7} {'x1':>5} {'/cold':>6} "
         f"{'restart 1':>9} {'x1':>5} {'re-run changed':>14} {'wheelhouses':>11}",
     ]
@@ -205,44 +205,70 @@ def table(rows: list[dict], label: str) -> str:
     return "\n".join(lines)
 
 
+def side_by_side(rows: list[dict], labels: list[str]) -> str:
+    """Each size's times under each run, in one table."""
+    head = f"{'workers':>7}" + "".join(f" | {label[:26]:^26}" for label in labels)
+    sub = f"{'':>7}" + " | cold   re-run  restart 1 " * len(labels)
+    lines = [head, sub]
+    for n in sorted({r["workers"] for r in rows}):
+        line = f"{n:>7}"
+        for label in labels:
+            r = next((x for x in rows if x["workers"] == n and x["label"] == label), None)
+            line += (
+                f" | {r['cold']:>5.0f} {r['rerun']:>7.1f} {r['restart_one']:>10.1f} "
+                if r
+                else " | " + " " * 25
+            )
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 4, 8])
-    parser.add_argument("--batch", nargs="+", default=["1", "25%"], help="celery_deploy_batch")
-    parser.add_argument("--rev", help="deploy from this git revision")
-    parser.add_argument("--label", default="", help="the table's name")
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        default=["after:.:1", "after:.:25%"],
+        help="LABEL:REV:BATCH, REV '.' = this working tree (e.g. before:HEAD~3:1 after:.:1)",
+    )
     parser.add_argument("--json", type=Path, help="also write the rows to this file")
-    parser.add_argument("--compare", type=Path, nargs="*", default=[], help="saved runs to print")
     args = parser.parse_args()
-    label = args.label or args.rev or "working tree"
+    runs = [tuple(spec.split(":", 2)) for spec in args.runs]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        tree = worktree(args.rev, Path(tmp)) if args.rev else ROOT
+        trees = {
+            rev: ROOT if rev == "." else worktree(rev, Path(tmp) / f"rev{i}")
+            for i, rev in enumerate(dict.fromkeys(rev for _, rev, _ in runs))
+        }
         try:
-            for batch in args.batch:
-                for n in args.sizes:
+            # size by size, every run of a size in turn: they see the same machine
+            for n in args.sizes:
+                for label, rev, batch in runs:
                     with tempfile.TemporaryDirectory() as size_tmp:
-                        row = measure(n, batch, tree, Path(size_tmp))
+                        row = measure(n, batch, trees[rev], Path(size_tmp))
+                    row["label"] = f"{label} (batch {batch})"
                     rows.append(row)
                     print(
-                        f"  {label}: {n} workers, batch {batch}: cold {row['cold']:.0f} s, "
-                        f"re-run {row['rerun']:.0f} s, restart one {row['restart_one']:.0f} s",
+                        f"  {row['label']}: {n} workers: cold {row['cold']:.0f} s, "
+                        f"re-run {row['rerun']:.1f} s, restart one {row['restart_one']:.1f} s",
                         file=sys.stderr,
                         flush=True,
                     )
+                    if args.json:
+                        args.json.parent.mkdir(parents=True, exist_ok=True)
+                        args.json.write_text(json.dumps(rows, indent=1))
         finally:
-            if args.rev:
-                subprocess.run(
-                    ["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False
-                )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"label": label, "rows": rows}, indent=1))
-    for saved in args.compare:
-        old = json.loads(saved.read_text())
-        print(table(old["rows"], old["label"]))
+            for rev, tree in trees.items():
+                if rev != ".":
+                    subprocess.run(
+                        ["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False
+                    )
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    print(side_by_side(rows, labels))
+    for label in labels:
         print()
-    print(table(rows, label))
+        print(table([r for r in rows if r["label"] == label], label))
     return 0
 
 
