@@ -2,7 +2,7 @@
 """Benchmark: deploy.yml's wall time for 1, 2, 4 and 8 worker hosts.
 
     .venv/bin/python tests/bench/scale.py [--sizes 1 2 4 8]
-        [--runs before:<commit>:1 after:.:1 after:.:25%] [--json .cache/bench/scale.json]
+        [--runs before:<commit>:1 after:.:1 after:.:25%:8] [--json .cache/bench/scale.json]
 
 For each size and run (a label, a git revision to deploy from, a celery_deploy_batch; runs of
 one size follow each other, so they see the same machine) it creates a fleet (one Redis VM plus
@@ -230,21 +230,23 @@ def main() -> int:
         "--runs",
         nargs="+",
         default=["after:.:1", "after:.:25%"],
-        help="LABEL:REV:BATCH, REV '.' = this working tree (e.g. before:HEAD~3:1 after:.:1)",
+        help="LABEL:REV:BATCH[:SIZES], REV '.' = this working tree, SIZES e.g. 4,8 (default all)",
     )
     parser.add_argument("--json", type=Path, help="also write the rows to this file")
     args = parser.parse_args()
-    runs = [tuple(spec.split(":", 2)) for spec in args.runs]
+    runs = [(spec.split(":") + [""])[:4] for spec in args.runs]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         trees = {
             rev: ROOT if rev == "." else worktree(rev, Path(tmp) / f"rev{i}")
-            for i, rev in enumerate(dict.fromkeys(rev for _, rev, _ in runs))
+            for i, rev in enumerate(dict.fromkeys(rev for _, rev, _, _ in runs))
         }
         try:
             # size by size, every run of a size in turn: they see the same machine
             for n in args.sizes:
-                for label, rev, batch in runs:
+                for label, rev, batch, sizes in runs:
+                    if sizes and str(n) not in sizes.split(","):
+                        continue
                     with tempfile.TemporaryDirectory() as size_tmp:
                         row = measure(n, batch, trees[rev], Path(size_tmp))
                     row["label"] = f"{label} (batch {batch})"
