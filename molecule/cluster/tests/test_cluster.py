@@ -100,6 +100,50 @@ def ledger(prefix):
     return json.loads(as_app("cluster-fast-1", LEDGER, prefix))
 
 
+def switch_play(out: str) -> str:
+    """The part of a deploy's output from its rolling play (switch and restarts) to the recap."""
+    return out.split("PLAY [Deploy the Celery app and its worker groups]", 1)[1].split(
+        "PLAY RECAP"
+    )[0]
+
+
+def test_a_rerun_with_nothing_to_do_stages_and_restarts_nothing():
+    started = {host: worker_started(host) for host in WORKERS}
+    proc, seconds = run_playbook("deploy.yml")
+    assert "3 of 3 hosts have nothing to switch or restart" in proc.stdout
+    assert "skipping: no hosts matched" in switch_play(proc.stdout)
+    assert "Install the app's user, folders" not in proc.stdout  # no host was staged
+    recap = re.findall(r"^(cluster-\S+)\s+: ok=\d+\s+changed=(\d+)", proc.stdout, re.M)
+    assert recap and all(changed == "0" for _, changed in recap), recap
+    assert {host: worker_started(host) for host in WORKERS} == started
+    record("re-run with nothing to do (3 worker hosts)", {"seconds": seconds})
+
+
+def test_a_change_on_one_host_switches_and_restarts_that_host_only(tmp_path):
+    fast = yaml.safe_load(
+        (ROOT / "molecule/cluster/inventory/group_vars/fast_hosts.yml").read_text()
+    )
+    more = tmp_path / "more.yml"
+    groups = [{**g, "concurrency": 3} for g in fast["celery_workers_groups"]]
+    more.write_text(
+        yaml.safe_dump({"all": {"hosts": {"cluster-fast-2": {"celery_workers_groups": groups}}}})
+    )
+    for extra in ((more,), ()):  # one more process on fast-2, then back
+        started = {host: worker_started(host) for host in WORKERS}
+        proc, seconds = run_playbook("deploy.yml", inventories=extra)
+        assert "cluster-fast-2: inputs changed" in proc.stdout
+        assert "2 of 3 hosts have nothing to switch or restart" in proc.stdout
+        switch = switch_play(proc.stdout)
+        assert "[cluster-fast-2]" in switch
+        assert "[cluster-fast-1]" not in switch and "[cluster-slow-1]" not in switch
+        assert worker_started("cluster-fast-2") != started["cluster-fast-2"]
+        for host in ("cluster-fast-1", "cluster-slow-1"):
+            assert worker_started(host) == started[host], host
+        options = docker_exec("cluster-fast-2", "cat", "/etc/refapp/worker-fast.env")
+        assert f"--concurrency={3 if extra else 2} " in options
+        record(f"deploy that restarts one host of 3 ({'more' if extra else 'back'})", seconds)
+
+
 def test_stopping_a_whole_fast_host_mid_load_loses_no_task():
     n = 200
     as_app("cluster-fast-1", LOAD, f"vmdown-{RUN}", str(n), "0.1")

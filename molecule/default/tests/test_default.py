@@ -119,6 +119,20 @@ def test_check_mode_on_the_converged_host_changes_nothing():
     assert recap and "changed=0" in recap[-1] and "failed=0" in recap[-1], recap
 
 
+def test_a_deploy_starts_a_stopped_group_and_puts_back_a_hand_edit(host):
+    """A re-run skips a host only when it runs what it should: a stopped group or a hand-edited
+    file brings it back into the deploy, which repairs both; then there is nothing to do."""
+    settings = f"{CONFIG}/worker-fast.env"
+    host.run_expect([0], "systemctl stop refapp-worker@slow.service")
+    host.run_expect([0], f"sh -c 'echo \"# a hand edit\" >> {settings}'")
+    proc, _ = run_playbook("deploy.yml")
+    assert "celery-toolkit-default: files changed, a process is not running" in proc.stdout
+    assert host.service("refapp-worker@slow").is_running
+    assert "# a hand edit" not in host.file(settings).content_string
+    proc, _ = run_playbook("deploy.yml")
+    assert "1 of 1 hosts have nothing to switch or restart" in proc.stdout
+
+
 def test_nothing_lands_in_the_default_folders(host):
     """With celery_app_base_dir and celery_app_config_dir set, no role or playbook falls back to
     /opt/refapp or /etc/refapp; the layout is recorded as the host's local fact."""
