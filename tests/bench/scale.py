@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark: deploy.yml's wall time for 1, 2, 4 and 8 worker hosts.
+"""Benchmark: deploy.yml's wall time for 1, 2, 4 and 8 worker hosts, and rollback.yml's.
 
     .venv/bin/python tests/bench/scale.py [--sizes 1 2 4 8]
         [--runs before:<commit>:1 after:.:1 after:.:25%:8] [--json .cache/bench/scale.json]
@@ -9,10 +9,11 @@ one size follow each other, so they see the same machine) it creates a fleet (on
 N worker VMs running the fast group, the first also slow, beat and Flower) on a private network
 and runs deploy.yml three times: cold (from an empty wheelhouse cache), a re-run that changes
 nothing, and a re-run in which the last host's fast group has one more process (one group
-restarts on one host). It records each run's time, each play's time, the re-run's changed tasks
-and the wheelhouses built, then destroys the fleet (its containers carry the project label
-with owner "bench-scale"). A revision other than "." is deployed from a git worktree of it
-(the toolkit before a change). Ratios matter, not seconds.
+restarts on one host); on the 1-host fleet it then runs rollback.yml twice. It records each
+run's time, each play's time, the re-run's changed tasks and the wheelhouses built, then
+destroys the fleet (its containers carry the project label with owner "bench-scale"). A
+revision other than "." is deployed from a git worktree of it (the toolkit before a change).
+Ratios matter, not seconds.
 """
 
 from __future__ import annotations
@@ -170,6 +171,10 @@ def measure(n: int, batch: str, tree: Path, folder: Path) -> dict:
             row[f"{step}_plays"] = json.loads(times.read_text())
             row[f"{step}_changed"] = sum(int(c) for c in re.findall(r"changed=(\d+)", out))
         row["wheelhouses_built"] = built
+        if n == 1:  # the incident path on a converged single host: split -> single, then again
+            for step in ("rollback", "rollback_again"):
+                _, row[step] = run([playbook, "playbooks/rollback.yml"], hosts, cwd=tree)
+                row[step] = round(row[step], 1)
     finally:
         run(destroy)
     return row
@@ -268,6 +273,11 @@ def main() -> int:
                     )
     labels = list(dict.fromkeys(r["label"] for r in rows))
     print(side_by_side(rows, labels))
+    print()
+    print("rollback.yml on the converged 1-host fleet, s (split -> single, then a second run):")
+    for r in rows:
+        if "rollback" in r:
+            print(f"  {r['label']:<28} {r['rollback']:>6.1f} {r['rollback_again']:>6.1f}")
     for label in labels:
         print()
         print(table([r for r in rows if r["label"] == label], label))
