@@ -38,14 +38,16 @@ def check_host(app, groups: dict, timeout: float = 60, node: str = "{group}@{hos
     deadline = time.monotonic() + timeout
     rows, ok = [], True
     for node, want in sorted(nodes.items()):
-        inspect = app.control.inspect(destination=[node], timeout=3.0)
+        # a reply ends the wait at once (one destination); a group that just (re)started needs
+        # a moment, so ask again every 1.5 s or so until the deadline
+        inspect = app.control.inspect(destination=[node], timeout=1.0)
         ping, active = None, None
-        while True:  # a group that just (re)started needs a moment
+        while True:
             ping = (inspect.ping() or {}).get(node)
-            active = (inspect.active_queues() or {}).get(node)
+            active = (inspect.active_queues() or {}).get(node) if ping else None
             if (ping and active is not None) or time.monotonic() >= deadline:
                 break
-            time.sleep(2)
+            time.sleep(0.5)
         got = sorted(q["name"] for q in active or [])
         row_ok = bool(ping) and got == want
         ok = ok and row_ok
