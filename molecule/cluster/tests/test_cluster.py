@@ -66,6 +66,20 @@ def current_release(container):
     return Path(docker_exec(container, "readlink", "/opt/refapp/current")).name
 
 
+def worker_started(host: str) -> str:
+    """When the host's worker group last started (systemd's monotonic timestamp)."""
+    group = "slow" if "slow" in host else "fast"
+    return docker_exec(
+        host,
+        "systemctl",
+        "show",
+        "-p",
+        "ActiveEnterTimestampMonotonic",
+        "--value",
+        f"refapp-worker@{group}",
+    ).strip()
+
+
 def test_every_queue_runs_on_a_host_of_the_expected_group():
     proc, _ = run_playbook("verify.yml")
     out = proc.stdout
@@ -191,20 +205,7 @@ def test_rolling_restart_goes_host_by_host():
     # a changed environment restarts every group, one host at a time
     env = {"celery_app_environment": {"REFAPP_HEAVY_TASK_SECONDS": "2", "TOOLKIT_TEST_RUN": RUN}}
     proc, seconds = run_playbook("deploy.yml", "-e", json.dumps(env))
-    started = {
-        host: float(
-            docker_exec(
-                host,
-                "systemctl",
-                "show",
-                "-p",
-                "ActiveEnterTimestampMonotonic",
-                "--value",
-                f"refapp-worker@{'slow' if 'slow' in host else 'fast'}",
-            )
-        )
-        for host in WORKERS
-    }
+    started = {host: float(worker_started(host)) for host in WORKERS}
     # the containers share the kernel's monotonic clock
     assert started["cluster-fast-1"] < started["cluster-fast-2"] < started["cluster-slow-1"]
     batches = re.findall(
@@ -309,20 +310,6 @@ def test_a_release_whose_workers_cannot_start_returns_the_host_and_halts(tmp_pat
     for host in ("cluster-fast-2", "cluster-slow-1"):
         assert worker_started(host) == started[host], host
     assert wait_until_workers_answer().returncode == 0
-
-
-def worker_started(host: str) -> str:
-    """When the host's worker group last started (systemd's monotonic timestamp)."""
-    group = "slow" if "slow" in host else "fast"
-    return docker_exec(
-        host,
-        "systemctl",
-        "show",
-        "-p",
-        "ActiveEnterTimestampMonotonic",
-        "--value",
-        f"refapp-worker@{group}",
-    ).strip()
 
 
 @pytest.fixture(autouse=True, scope="module")
