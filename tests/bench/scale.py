@@ -180,6 +180,15 @@ def measure(n: int, batch: str, tree: Path, folder: Path) -> dict:
     return row
 
 
+def plays(timed: list) -> dict:
+    """[[play, seconds], ...] -> play -> (seconds added up, times it ran), in run order."""
+    out: dict = {}
+    for name, seconds in timed:
+        total, count = out.get(name, (0.0, 0))
+        out[name] = (total + seconds, count + 1)
+    return out
+
+
 def table(rows: list[dict], label: str) -> str:
     lines = [
         f"{label}: deploy.yml wall time, s (x1: divided by the 1-host figure)",
@@ -200,13 +209,17 @@ def table(rows: list[dict], label: str) -> str:
             f"{r['rerun_changed']:>14} {r['wheelhouses_built']:>11}"
         )
     lines.append("")
-    lines.append("wall time of each play, s (cold / re-run / restart 1):")
+    lines.append(
+        "wall time of each play, s (cold / re-run / restart 1; a rolling play's batches added up):"
+    )
     for r in rows:
         lines.append(f"  {r['workers']} workers, batch {r['batch']}:")
-        for i, (name, cold) in enumerate(r["cold_plays"]):
-            rerun = r["rerun_plays"][i][1] if i < len(r["rerun_plays"]) else 0
-            one = r["restart_one_plays"][i][1] if i < len(r["restart_one_plays"]) else 0
-            lines.append(f"    {cold:>6.1f} {rerun:>6.1f} {one:>6.1f}  {name}")
+        steps = [plays(r[f"{step}_plays"]) for step in ("cold", "rerun", "restart_one")]
+        for name in dict.fromkeys(n for step in steps for n in step):
+            cells = [step.get(name, (0.0, 0)) for step in steps]
+            batches = max(count for _, count in cells)
+            note = f"  ({batches} batches)" if batches > 1 else ""
+            lines.append("    " + " ".join(f"{t:>6.1f}" for t, _ in cells) + f"  {name}{note}")
     return "\n".join(lines)
 
 
