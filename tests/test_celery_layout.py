@@ -1,5 +1,7 @@
 """The layout rules of plugins/filter/celery_layout.py: each rule's pass and fail path."""
 
+import json
+
 import pytest
 
 from celery_layout import (
@@ -239,6 +241,50 @@ def test_systemd_description_keeps_the_last_six_log_lines_and_sees_a_running_uni
     assert beat["running"] is True
     assert beat["restarts"] == "0"
     assert beat["log"] == [f"line {n}" for n in range(4, 10)]
+
+
+def test_systemd_description_leaves_out_systemds_job_messages_of_a_crash_loop():
+    """Read when a crash-looping unit has just been started again: systemd's five job messages
+    since the crash would push the traceback out of the last six lines (seen in CI)."""
+    from celery_process import celery_systemd_described
+
+    def entry(message, message_id=None):
+        return json.dumps({"MESSAGE": message} | ({"MESSAGE_ID": message_id} if message_id else {}))
+
+    crash = [
+        entry("Traceback (most recent call last):"),
+        entry("ModuleNotFoundError: No module named 'gevent'"),
+        entry(
+            "x.service: Main process exited, code=exited, status=1/FAILURE",
+            "98e322203f7a4ed290d09fe03c09fe15",
+        ),
+        entry("x.service: Failed with result 'exit-code'.", "d9b373ed55a64feb8242e02dbe79a49c"),
+        entry("x.service: Consumed 1.2s CPU time.", "ae8f7b866b0347b9af31fe1c80b127c0"),
+    ]
+    restart = [
+        entry(
+            "x.service: Scheduled restart job, restart counter is at 3.",
+            "5eb03494b6584870a536b337290809b3",
+        ),
+        entry("Stopped x.service.", "9d1aaa27d60140bd96365438aad20286"),
+        entry("Starting x.service...", "7d4958e842da4a758f6c1cdc7b36dcc5"),
+        entry("Started x.service.", "39f53479d3a045ac8e11786248231fbf"),
+    ]
+    state = {"item": "worker@all", "stdout_lines": ["ActiveState=active", "SubState=running"]}
+    log = {"stdout_lines": [entry("an older run")] * 3 + crash + restart}
+    (worker,) = celery_systemd_described([(state, log)])
+    assert worker["log"] == [
+        "an older run",
+        "an older run",
+        "Traceback (most recent call last):",
+        "ModuleNotFoundError: No module named 'gevent'",
+        "x.service: Main process exited, code=exited, status=1/FAILURE",
+        "x.service: Failed with result 'exit-code'.",
+    ]
+    # a message in bytes that are not UTF-8, and one over two lines
+    log = {"stdout_lines": [json.dumps({"MESSAGE": [104, 105, 255]}), entry("a\nb")]}
+    (worker,) = celery_systemd_described([(state, log)])
+    assert worker["log"] == ["hi\ufffd", "a", "b"]
 
 
 def test_status_table_keeps_rows_and_says_why_a_check_gave_none():

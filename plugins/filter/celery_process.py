@@ -8,8 +8,25 @@ A process is named "worker@<group>", "beat" or "flower"; under systemd it is the
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+# systemd's own journal entries about a unit's jobs (sd-messages.h): starting, started,
+# stopping, stopped, a restart scheduled, the CPU a run consumed, a clean stop. A unit that
+# crash-loops writes six of those between two runs, enough to push its own last words out of the
+# last lines; "Main process exited" and "Failed with result" say why and stay.
+_SYSTEMD_JOB_MESSAGES = frozenset(
+    {
+        "7d4958e842da4a758f6c1cdc7b36dcc5",  # Starting
+        "39f53479d3a045ac8e11786248231fbf",  # Started
+        "de5b426a63be47a7b6ac3eaac82e2f6f",  # Stopping
+        "9d1aaa27d60140bd96365438aad20286",  # Stopped
+        "5eb03494b6584870a536b337290809b3",  # Scheduled restart job
+        "ae8f7b866b0347b9af31fe1c80b127c0",  # Consumed ... CPU time
+        "7ad2d189f7e94e70a38c781354912448",  # Deactivated successfully
+    }
+)
 
 
 def celery_supervisor_program(process: str, app: str) -> str:
@@ -79,10 +96,31 @@ def celery_supervisor_described(
     return described
 
 
+def _journal_lines(lines: Iterable[str], keep: int = 6) -> list[str]:
+    """The last `keep` messages of `journalctl -o json` lines, without systemd's job messages;
+    a line that is not a journal entry in JSON is kept as it is."""
+    messages: list[str] = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            entry = None
+        if not isinstance(entry, dict):
+            messages.append(line)
+            continue
+        if entry.get("MESSAGE_ID") in _SYSTEMD_JOB_MESSAGES:
+            continue
+        message = entry.get("MESSAGE", "")
+        if isinstance(message, list):  # journald gives bytes that are not UTF-8 as numbers
+            message = bytes(b for b in message if isinstance(b, int)).decode("utf-8", "replace")
+        messages.extend(str(message).splitlines() or [""])
+    return messages[-keep:]
+
+
 def celery_systemd_described(
     checks: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]],
 ) -> list[dict[str, Any]]:
-    """Pairs of `systemctl show -p ActiveState -p SubState -p NRestarts` and `journalctl -o cat`
+    """Pairs of `systemctl show -p ActiveState -p SubState -p NRestarts` and `journalctl -o json`
     results, looped over process names -> the neutral shape."""
     described: list[dict[str, Any]] = []
     for state, log in checks:
@@ -96,7 +134,7 @@ def celery_systemd_described(
                 "restarts": props.get("NRestarts", "?"),
                 "instance": props.get("NRestarts", "?"),
                 "running": props.get("ActiveState") == "active",
-                "log": list(log.get("stdout_lines", []))[-6:],
+                "log": _journal_lines(log.get("stdout_lines", [])),
             }
         )
     return described
