@@ -1,7 +1,7 @@
 """The supervisor wrapper (roles/celery_app/files/celery_supervise.py) reads environment files
 and expands a command as systemd does, passes signals to its child only, drains a worker before
 forwarding SIGTERM, and runs the recovery after an unclean end; and the controller's wheelhouse
-lock lets one build of the same inputs run at a time."""
+lock lets one build of the same inputs run at a time, and a wheelhouse gets one archive."""
 
 import os
 import signal
@@ -146,3 +146,21 @@ def test_the_wheelhouse_lock_lets_one_build_run_at_a_time(tmp_path):
     hold("b")
     first.join()
     assert events == ["a in", "a out", "b in", "b out"]
+
+
+def test_a_wheelhouse_gets_one_archive_of_its_files_made_once(tmp_path):
+    import tarfile
+
+    house = tmp_path / "py3.11.2-x86_64-0123456789abcdef"
+    house.mkdir()
+    (house / "wheelhouse.json").write_text("{}\n")
+    (house / "vine-5.1.0-py3-none-any.whl").write_bytes(b"wheel")
+    archive = build_wheelhouse.ensure_archive(house)
+    assert archive == tmp_path / "py3.11.2-x86_64-0123456789abcdef.tar"
+    with tarfile.open(archive) as tar:
+        assert sorted(tar.getnames()) == ["vine-5.1.0-py3-none-any.whl", "wheelhouse.json"]
+        assert tar.extractfile("vine-5.1.0-py3-none-any.whl").read() == b"wheel"
+    made = archive.stat().st_mtime_ns
+    assert build_wheelhouse.ensure_archive(house) == archive
+    assert archive.stat().st_mtime_ns == made
+    assert sorted(p.name for p in tmp_path.iterdir()) == [house.name, archive.name]
