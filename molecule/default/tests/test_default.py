@@ -125,10 +125,15 @@ def test_a_deploy_starts_a_stopped_group_and_puts_back_a_hand_edit(host):
     settings = f"{CONFIG}/worker-fast.env"
     host.run_expect([0], "systemctl stop refapp-worker@slow.service")
     host.run_expect([0], f"sh -c 'echo \"# a hand edit\" >> {settings}'")
+    # and what a deploy halted during staging leaves: a release folder without RELEASE
+    half_made = f"{BASE}/releases/20000101T000000Z-000000000000"
+    host.run_expect([0], f"mkdir -p {half_made}/venv/bin")
     proc, _ = run_playbook("deploy.yml")
     assert "celery-toolkit-default: files changed, a process is not running" in proc.stdout
     assert host.service("refapp-worker@slow").is_running
     assert "# a hand edit" not in host.file(settings).content_string
+    assert not host.file(half_made).exists
+    assert host.file(f"{BASE}/current/RELEASE").exists
     proc, _ = run_playbook("deploy.yml")
     assert "1 of 1 hosts have nothing to switch or restart" in proc.stdout
 
