@@ -14,8 +14,8 @@ from typing import Any
 
 # systemd's own journal entries about a unit's jobs (sd-messages.h): starting, started,
 # stopping, stopped, a restart scheduled, the CPU a run consumed, a clean stop. A unit that
-# crash-loops writes six of those between two runs, enough to push its own last words out of the
-# last lines; "Main process exited" and "Failed with result" say why and stay.
+# crash-loops writes up to five of those between two runs, enough to push its own last words out
+# of the last lines; "Main process exited" and "Failed with result" say why and stay.
 _SYSTEMD_JOB_MESSAGES = frozenset(
     {
         "7d4958e842da4a758f6c1cdc7b36dcc5",  # Starting
