@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import yaml
@@ -31,6 +32,14 @@ SOUND = {
     "flower_basic_auth_user": "ops",
     "flower_basic_auth_password": "a-real-flower-secret-42",
 }
+
+
+def broker_password(password: str) -> dict:
+    """redis_password and the broker URL carrying it, percent-encoded as it must be."""
+    return {
+        "redis_password": password,
+        "celery_app_broker_url": f"redis://:{quote(password, safe='')}@127.0.0.1:6379/0",
+    }
 
 
 def groups(**changes_by_name):
@@ -296,6 +305,103 @@ CASES = [
         None,
         "redis_timeout must be one of: 0, got: 300",
     ),
+    (
+        "broker-password-with-a-newline",
+        broker_password("a-real-broker\nsecret-0123456789"),
+        None,
+        "redis_password on vm1 holds a newline: Redis's configuration ends a directive at a "
+        "newline",
+    ),
+    (
+        "broker-password-redis-config-cannot-hold",
+        broker_password("a-real-broker\x00secret-0123456789"),
+        None,
+        "redis_password on vm1 holds a NUL: Redis's configuration ends a directive at a newline "
+        "and the whole file at a NUL",
+    ),
+    (
+        "environment-name-with-a-dash",
+        {"celery_app_environment": {"PA-MODE": "on"}},
+        None,
+        "celery_app_environment on vm1: 'PA-MODE' is not an environment variable name (letters, "
+        "digits and '_', not starting with a digit): no environment file can carry it and the "
+        "app could not read it. Rename it, e.g. 'PA_MODE'.",
+    ),
+    (
+        "environment-value-with-a-newline",
+        {"celery_app_environment": {"SECRET_KEY": "first line\nsecond line"}},
+        None,
+        "celery_app_environment on vm1: the value of SECRET_KEY holds a newline, which an "
+        "environment file (systemd's EnvironmentFile=, the toolkit's reader) cannot carry",
+    ),
+    (
+        "environment-name-the-toolkit-sets",
+        {"celery_app_environment": {"CELERY_BROKER_URL": "redis://127.0.0.1:6379/0"}},
+        None,
+        "celery_app_environment on vm1 sets CELERY_BROKER_URL, which the toolkit sets itself "
+        "(from celery_app_broker_url): remove it from celery_app_environment and set "
+        "celery_app_broker_url.",
+    ),
+    (
+        "flower-password-with-a-comma",
+        {"flower_basic_auth_password": "a-real,flower-secret-42"},
+        None,
+        "flower_basic_auth_password on vm1 holds ',': Flower reads FLOWER_BASIC_AUTH as a "
+        "comma-separated list of user:password pairs",
+    ),
+    (
+        "flower-user-with-a-colon",
+        {"flower_basic_auth_user": "ops:admin"},
+        None,
+        "flower_basic_auth_user on vm1 holds ':', which HTTP Basic auth (RFC 7617) does not "
+        "allow in a user",
+    ),
+    (
+        "acl-user-name-with-a-space",
+        {"redis_acl_users": [{"name": "shop app", "password": "shop-broker-secret-0123"}]},
+        None,
+        "redis_acl_users on vm1: the user name 'shop app' is not a plain word",
+    ),
+    (
+        "broker-url-password-not-url-encoded",
+        {
+            "redis_password": "a-real/broker-secret-0123456789",
+            "celery_app_broker_url": "redis://:a-real/broker-secret-0123456789@127.0.0.1:6379/0",
+        },
+        None,
+        "celery_app_broker_url on vm1 carries its password without URL-encoding: written as it "
+        "is, a password ends the URL's parts at '/', '?', '#', '@', ';' or a space, and its '%' "
+        "starts an escape. Write redis://:{{ vault_redis_password | urlencode | replace('/', "
+        "'%2F') }}@HOST:PORT/DB",
+    ),
+]
+
+# The same refusals on an inventory of three worker hosts sharing group_vars/all (vm1 also the
+# broker, Flower on all three): each is said once, naming the three hosts.
+THREE_HOST_CASES = [
+    (
+        "environment-name-with-a-dash-on-three-hosts",
+        {"celery_app_environment": {"PA-MODE": "on"}},
+        "celery_app_environment on vm1, vm2 and vm3: 'PA-MODE' is not an environment variable name",
+    ),
+    (
+        "environment-value-with-a-newline-on-three-hosts",
+        {"celery_app_environment": {"SECRET_KEY": "first line\nsecond line"}},
+        "celery_app_environment on vm1, vm2 and vm3: the value of SECRET_KEY holds a newline",
+    ),
+    (
+        "flower-password-with-a-comma-on-three-hosts",
+        {"flower_basic_auth_password": "a-real,flower-secret-42"},
+        "flower_basic_auth_password on vm1, vm2 and vm3 holds ','",
+    ),
+    (
+        "broker-url-password-not-url-encoded-on-three-hosts",
+        {
+            "redis_password": "a-real/broker-secret-0123456789",
+            "celery_app_broker_url": "redis://:a-real/broker-secret-0123456789@10.0.0.1:6379/0",
+        },
+        "celery_app_broker_url on vm1, vm2 and vm3 carries its password without URL-encoding",
+    ),
 ]
 
 
@@ -316,7 +422,11 @@ def refusal(stdout: str) -> list[str]:
     return [line for line in lines[first:recap] if line.strip()]
 
 
-def write_inventory(tmp_path: Path, overrides: dict, vm2_vars: dict | None) -> Path:
+def write_inventory(
+    tmp_path: Path, overrides: dict, vm2_vars: dict | None, three: bool = False
+) -> Path:
+    """vm1 (broker, worker, Flower), vm2 too when vm2_vars is not None; with `three`, vm1 to vm3
+    all workers running Flower, vm1 the broker listening on 10.0.0.1 and running beat."""
     hosts = {
         "vm1": {
             "ansible_connection": "community.docker.docker",
@@ -324,16 +434,27 @@ def write_inventory(tmp_path: Path, overrides: dict, vm2_vars: dict | None) -> P
         }
     }
     workers = {"vm1": None}
-    if vm2_vars is not None:
+    host_vars = {"vm2": vm2_vars} if vm2_vars else {}
+    if vm2_vars is not None or three:
         hosts["vm2"] = {**hosts["vm1"]}
         workers["vm2"] = None
+    if three:
+        hosts["vm3"] = {**hosts["vm1"]}
+        workers["vm3"] = None
+        host_vars = {
+            "vm1": {"redis_bind_addresses": ["127.0.0.1", "10.0.0.1"]},
+            "vm2": {"celery_workers_beat_enabled": False},
+            "vm3": {"celery_workers_beat_enabled": False},
+        }
+        url = SOUND["celery_app_broker_url"].replace("127.0.0.1", "10.0.0.1")
+        overrides = {"celery_app_broker_url": url, **overrides}
     inventory = {
         "all": {
             "hosts": hosts,
             "children": {
                 "broker": {"hosts": {"vm1": None}},
                 "celery_workers": {"hosts": workers},
-                "flower": {"hosts": {"vm1": None}},
+                "flower": {"hosts": workers if three else {"vm1": None}},
             },
         }
     }
@@ -341,8 +462,8 @@ def write_inventory(tmp_path: Path, overrides: dict, vm2_vars: dict | None) -> P
     (tmp_path / "host_vars").mkdir()
     (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inventory))
     (tmp_path / "group_vars/all.yml").write_text(yaml.safe_dump({**SOUND, **overrides}))
-    if vm2_vars:
-        (tmp_path / "host_vars/vm2.yml").write_text(yaml.safe_dump(vm2_vars))
+    for host, variables in host_vars.items():
+        (tmp_path / f"host_vars/{host}.yml").write_text(yaml.safe_dump(variables))
     return tmp_path
 
 
@@ -379,11 +500,26 @@ def test_a_sound_inventory_passes_validation(tmp_path):
     assert "No such container: celery-toolkit-bad-input-does-not-exist" in proc.stdout
 
 
-@pytest.mark.parametrize(
-    ("overrides", "vm2", "message"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
-)
-def test_bad_input_is_refused_before_any_host(tmp_path, overrides, vm2, message):
-    proc = deploy(write_inventory(tmp_path, overrides, vm2))
+def test_secrets_of_every_printable_character_pass_validation_on_three_hosts(tmp_path):
+    """The control case of the three-host fixture, with secrets as users have them: a Django
+    key (its whole alphabet, a space and both quotes) in the environment, Redis and Flower
+    passwords with symbols, the URL carrying the password percent-encoded."""
+    key = "abcdefghijklmnopqrstuvwxyz0123456789!@#$%^&*(-_=+) '\"\\`"
+    password = "r3dis pass/with?#@;%'\"$(x)`"
+    overrides = {
+        "celery_app_environment": {"SECRET_KEY": key},
+        "redis_password": password,
+        "celery_app_broker_url": f"redis://:{quote(password, safe='')}@10.0.0.1:6379/0",
+        "flower_basic_auth_password": "flower pass:'\"$#(x)",
+    }
+    proc = deploy(write_inventory(tmp_path, overrides, None, three=True))
+    assert len(plays(proc.stdout)) > 1, proc.stdout[-3000:]
+    assert "No such container: celery-toolkit-bad-input-does-not-exist" in proc.stdout
+
+
+def assert_refused_before_any_host(proc: subprocess.CompletedProcess, message: str) -> str:
+    """The refusal holds `message`, no play after the validation started, nothing was reached
+    or changed, and it is a few readable lines. Returns the output, whitespace folded."""
     out = re.sub(r"\s+", " ", proc.stdout + proc.stderr)
     assert proc.returncode != 0
     assert re.sub(r"\s+", " ", message) in out, proc.stdout[-4000:]
@@ -391,8 +527,33 @@ def test_bad_input_is_refused_before_any_host(tmp_path, overrides, vm2, message)
     assert "UNREACHABLE" not in proc.stdout
     assert not re.search(r"unreachable=[1-9]", proc.stdout)
     assert not re.search(r"changed=[1-9]", proc.stdout)
+    # no crash of the validation itself (a result read without the field it lacks)
+    assert "has no attribute" not in out
     # a few readable lines: no argument-spec dump, no traceback, no script source
     assert len(refusal(proc.stdout)) <= 20, "\n".join(refusal(proc.stdout))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("overrides", "vm2", "message"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_bad_input_is_refused_before_any_host(tmp_path, overrides, vm2, message):
+    assert_refused_before_any_host(deploy(write_inventory(tmp_path, overrides, vm2)), message)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [c[1:] for c in THREE_HOST_CASES],
+    ids=[c[0] for c in THREE_HOST_CASES],
+)
+def test_bad_input_on_three_hosts_is_said_once(tmp_path, overrides, message):
+    proc = deploy(write_inventory(tmp_path, overrides, None, three=True))
+    assert_refused_before_any_host(proc, message)
+    # the assertion's message (after "fatal:") names the problem once, for the three hosts
+    said = re.sub(r"\s+", " ", proc.stdout.split("fatal:", 1)[1])
+    variable = message.split(" on ")[0]
+    assert said.count(f"{variable} on ") == 1, said
+    assert "failed=1 " in proc.stdout and not re.search(r"failed=[2-9]", proc.stdout)
 
 
 @pytest.mark.parametrize("tags", ["flower", "celery_workers,redis"])

@@ -146,6 +146,8 @@ def test_single_layout_needs_a_split_layout_and_queues():
 def test_filters_are_registered():
     assert set(FilterModule().filters()) == {
         "celery_group_errors",
+        "celery_credential_errors",
+        "celery_environment_errors",
         "celery_layout_errors",
         "celery_route_queue",
         "celery_single_layout",

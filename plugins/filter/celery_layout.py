@@ -268,23 +268,256 @@ def group_errors(host: str, groups: Iterable[Mapping[str, Any]]) -> list[str]:
     return errors
 
 
-def secret_errors(host: str, secrets: Mapping[str, tuple[Any, int]], sandbox: bool) -> list[str]:
+def secret_errors(
+    host: str, secrets: Mapping[str, tuple[Any, int]], sandbox: bool
+) -> list[tuple[str, str, str]]:
     """Secrets (name -> (value, minimum length)) a host needs, never left at a sample value
-    outside the sandbox."""
-    errors: list[str] = []
+    outside the sandbox. (variable, host, problem) triples: `_once` words them."""
+    errors: list[tuple[str, str, str]] = []
     for name, (value, minimum) in secrets.items():
         text = "" if value is None else str(value)
         if len(text) < minimum:
             errors.append(
-                f"{name} on {host} is {'empty' if not text else 'too short'}: set it (at least "
-                f"{minimum} characters) in the inventory, encrypted with ansible-vault."
+                (
+                    name,
+                    host,
+                    f" is {'empty' if not text else 'too short'}: set it (at least {minimum} "
+                    "characters) in the inventory, encrypted with ansible-vault.",
+                )
             )
         elif not sandbox and any(marker in text.lower() for marker in PLACEHOLDERS):
             errors.append(
-                f"{name} on {host} still holds a sample value: replace it with a real secret "
-                "(and ansible-vault encrypt the file it lives in)."
+                (
+                    name,
+                    host,
+                    " still holds a sample value: replace it with a real secret (and "
+                    "ansible-vault encrypt the file it lives in).",
+                )
             )
     return errors
+
+
+def _hosts(hosts: list[str]) -> str:
+    """vm1 / vm1 and vm2 / vm1, vm2 and vm3 / vm1, vm2, vm3 and 7 more hosts."""
+    if len(hosts) > 4:
+        return f"{', '.join(hosts[:3])} and {len(hosts) - 3} more hosts"
+    return " and ".join(filter(None, [", ".join(hosts[:-1]), hosts[-1]]))
+
+
+def _once(found: Iterable[tuple[str, str, str]]) -> list[str]:
+    """(variable, host, problem) -> one message per variable and problem, naming every host it
+    is found on: a value from group_vars is the same on many hosts and is said once."""
+    hosts: dict[tuple[str, str], list[str]] = {}
+    for var, host, problem in found:
+        where = hosts.setdefault((var, problem), [])
+        if host not in where:
+            where.append(host)
+    return [f"{var} on {_hosts(where)}{problem}" for (var, problem), where in hosts.items()]
+
+
+# Characters no secret and no environment value may hold: the C0 controls (NUL, tab, newline,
+# carriage return, ESC...), DEL, the C1 controls and the Unicode line and paragraph separators.
+# A newline ends a line of Redis's configuration and of an environment file (systemd's
+# EnvironmentFile= and the toolkit's reader), a NUL ends a C string; Python's splitlines() also
+# breaks at U+0085, U+2028 and U+2029. Every printable character (space, quotes, '#', '$',
+# '\\') is written byte for byte.
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+CONTROL_NAMES = {"\x00": "a NUL", "\t": "a tab", "\n": "a newline", "\r": "a carriage return"}
+
+
+def _control(value: Any) -> str:
+    """What the first control character of `value` is ("" when none), never the value itself."""
+    found = CONTROL.search(str(value))
+    if not found:
+        return ""
+    char = found.group()
+    return CONTROL_NAMES.get(char, f"a control character (U+{ord(char):04X})")
+
+
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Names the toolkit sets itself (roles/celery_app/templates/etc/app.env.j2,
+# roles/flower/templates/etc/app/flower.env.j2, the units' and programs' environment, app-run):
+# given again in celery_app_environment, which one a process sees would depend on the order of
+# the files and on the process manager. Value: where the toolkit's value comes from.
+TOOLKIT_ENV = {
+    "CELERY_APP": "from celery_app_module",
+    "CELERY_BROKER_URL": "from celery_app_broker_url",
+    "CELERY_RESULT_BACKEND": "from celery_app_result_backend",
+    "CELERY_APP_RELEASE": "the restart mark of beat and Flower",
+    "FLOWER_ADDRESS": "from flower_address",
+    "FLOWER_PORT": "from flower_port",
+    "FLOWER_BASIC_AUTH": "from flower_basic_auth_user and flower_basic_auth_password",
+    "FLOWER_PERSISTENT": "from flower_persistent",
+    "FLOWER_DB": "in Flower's state folder",
+    "FLOWER_MAX_TASKS": "from flower_max_tasks",
+    "FLOWER_PURGE_OFFLINE_WORKERS": "600 s",
+    "PATH": "<app>-run puts the release's virtualenv first",
+    "HOME": "the app user's, from the process manager",
+    "USER": "the app user's, from the process manager",
+    "LOGNAME": "the app user's, from the process manager",
+}
+TOOLKIT_ENV_PREFIX = "CELERY_TOOLKIT_"  # <app>-run's own (CELERY_TOOLKIT_ENV_FILE, ..._APP_DIR)
+
+
+def environment_errors(host: str, environment: Any) -> list[tuple[str, str, str]]:
+    """celery_app_environment: names that are environment variable names and not the toolkit's
+    own; values that are one string (or a number, true/false) without a control character.
+    Never prints a value (it may be a secret)."""
+    if not isinstance(environment, Mapping):
+        return []  # the argument spec says it is a dict
+    var = "celery_app_environment"
+    errors: list[tuple[str, str, str]] = []
+    for name, value in environment.items():
+        name = str(name)
+        if not ENV_NAME.match(name):
+            fixed = re.sub(r"^(?=[0-9])|[^A-Za-z0-9_]", "_", name)
+            errors.append(
+                (
+                    var,
+                    host,
+                    f": {name!r} is not an environment variable name (letters, digits and '_', "
+                    "not starting with a digit): no environment file can carry it and the app "
+                    f"could not read it. Rename it, e.g. {fixed!r}.",
+                )
+            )
+            continue
+        if name in TOOLKIT_ENV or name.startswith(TOOLKIT_ENV_PREFIX):
+            why = TOOLKIT_ENV.get(name, "<app>-run's own")
+            fix = f" and set {why[5:]}" if why.startswith("from ") else ""
+            errors.append(
+                (
+                    var,
+                    host,
+                    f" sets {name}, which the toolkit sets itself ({why}): remove it from "
+                    f"celery_app_environment{fix}.",
+                )
+            )
+            continue
+        if value is None or isinstance(value, (Mapping, list, tuple, set)):
+            kind = "empty (null)" if value is None else f"a {type(value).__name__}"
+            errors.append(
+                (
+                    var,
+                    host,
+                    f": the value of {name} is {kind}: an environment variable holds one string. "
+                    "Write a string (quoted in YAML, '' for empty), a number or true/false.",
+                )
+            )
+        elif kind := _control(value):
+            errors.append(
+                (
+                    var,
+                    host,
+                    f": the value of {name} holds {kind}, which an environment file (systemd's "
+                    "EnvironmentFile=, the toolkit's reader) cannot carry: remove it. Give a "
+                    "multi-line value (a key, a certificate) base64-encoded, or as a file the app "
+                    "reads.",
+                )
+            )
+    return errors
+
+
+# A Redis ACL user name is one word of Redis's configuration and the user part of the broker URL.
+ACL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+PRINTABLE_FINE = "any printable character is fine, space, quotes, '#' and '$' included"
+
+
+def credential_errors(
+    host: str, hv: Mapping[str, Any], names: Iterable[str]
+) -> list[tuple[str, str, str]]:
+    """The characters of the credentials `names` (of redis_password, redis_acl_users,
+    flower_basic_auth_user, flower_basic_auth_password) that the host's files cannot carry. The
+    toolkit writes Redis's passwords quoted, so only control characters are refused there;
+    Flower's FLOWER_BASIC_AUTH is a comma-separated list of user:password. Never prints a
+    secret."""
+    errors: list[tuple[str, str, str]] = []
+    names = list(names)
+    if "redis_password" in names and (kind := _control(hv.get("redis_password") or "")):
+        errors.append(
+            (
+                "redis_password",
+                host,
+                f" holds {kind}: Redis's configuration ends a directive at a newline and the "
+                "whole file at a NUL, so the password would be cut short or add a configuration "
+                "line of its own; no control character is accepted. Choose a password without one "
+                f"({PRINTABLE_FINE}).",
+            )
+        )
+    users = hv.get("redis_acl_users") if "redis_acl_users" in names else None
+    for user in users if isinstance(users, list) else []:
+        if not isinstance(user, Mapping):
+            continue  # the argument spec says each is a dict
+        name = str(user.get("name", ""))
+        if not ACL_NAME.match(name):
+            errors.append(
+                (
+                    "redis_acl_users",
+                    host,
+                    f": the user name {name!r} is not a plain word: use letters, digits, '.', "
+                    "'_' and '-' (it is a word of Redis's configuration and the user part of "
+                    "celery_app_broker_url).",
+                )
+            )
+        if kind := _control(user.get("password") or ""):
+            errors.append(
+                (
+                    "redis_acl_users",
+                    host,
+                    f": the password of user {name!r} holds {kind}: Redis's configuration ends a "
+                    "directive at a newline and the whole file at a NUL; no control character is "
+                    f"accepted. Choose a password without one ({PRINTABLE_FINE}).",
+                )
+            )
+    for var in ("flower_basic_auth_user", "flower_basic_auth_password"):
+        if var not in names:
+            continue
+        text = str(hv.get(var) or "")
+        what = "user" if var.endswith("user") else "password"
+        if kind := _control(text):
+            errors.append(
+                (
+                    var,
+                    host,
+                    f" holds {kind}, which Flower's environment file cannot carry: choose a "
+                    f"{what} without control characters.",
+                )
+            )
+        if "," in text:
+            errors.append(
+                (
+                    var,
+                    host,
+                    " holds ',': Flower reads FLOWER_BASIC_AUTH as a comma-separated list of "
+                    f"user:password pairs, so the {what} would be split into two credentials, one "
+                    f"of them a fragment. Choose a {what} without ','.",
+                )
+            )
+        if what == "user" and ":" in text:
+            errors.append(
+                (
+                    var,
+                    host,
+                    " holds ':', which HTTP Basic auth (RFC 7617) does not allow in a user: "
+                    "clients split user:password at the first ':'. Choose a user without ':'.",
+                )
+            )
+        if what == "user" and " " in text:
+            errors.append((var, host, " holds a space: choose a user name without spaces."))
+    return errors
+
+
+def celery_credential_errors(hv: Mapping[str, Any], host: str) -> list[str]:
+    """Ansible entry point of credential_errors for a role used outside the toolkit's playbooks
+    (roles/flower): checks the credentials `hv` holds."""
+    names = ("redis_password", "redis_acl_users")
+    names += ("flower_basic_auth_user", "flower_basic_auth_password")
+    return _once(credential_errors(host, hv, [n for n in names if n in hv]))
+
+
+def celery_environment_errors(environment: Any, host: str = "the first worker") -> list[str]:
+    """Ansible entry point of environment_errors (validate.yml imports the app on the controller
+    only with an environment that passes)."""
+    return _once(environment_errors(host, environment))
 
 
 def batch_errors(value: Any) -> list[str]:
@@ -457,32 +690,82 @@ def _is_loopback(address: str) -> bool:
     return address in LOOPBACK or address.startswith("127.")
 
 
+# Characters that end or split a broker URL's parts when a password holds them as they are
+# (kombu splits the URL on ';' into failover brokers); '%' starts an escape that kombu decodes.
+URL_RESERVED = "/?#@; "
+URL_ENCODE = "{{ vault_redis_password | urlencode | replace('/', '%2F') }}"
+
+
+def _passwords(brokers: Iterable[str], hostvars: Mapping[str, Mapping[str, Any]]) -> set[str]:
+    """Every password the inventory gives the brokers' Redis users (default and ACL users)."""
+    found = set()
+    for broker in brokers:
+        hv = hostvars[broker]
+        users = hv.get("redis_acl_users")
+        found |= {str(u.get("password")) for u in users or [] if isinstance(u, Mapping)}
+        found.add(str(hv.get("redis_password") or ""))
+    return found - {"", "None"}
+
+
+def _unencoded_password(url: str, passwords: set[str]) -> str:
+    """Why the broker URL cannot carry its password as written ("" when it can): a control
+    character anywhere, or a password not URL-encoded. The password as written is what lies
+    between the first ':' after '//' and the last '@' (kombu and urlsplit split there too)."""
+    if kind := _control(url):
+        return (
+            f" holds {kind}: no URL and no environment file carries one. Remove it (a password "
+            f"goes into the URL percent-encoded: {URL_ENCODE})."
+        )
+    userinfo, at, _ = url.partition("://")[2].rpartition("@")
+    written = userinfo.partition(":")[2] if at else ""
+    if (
+        any(char in written for char in URL_RESERVED)
+        or re.search(r"%(?![0-9A-Fa-f]{2})", written)
+        or (written in passwords and unquote(written) != written)
+    ):
+        return (
+            " carries its password without URL-encoding: written as it is, a password ends "
+            "the URL's parts at '/', '?', '#', '@', ';' or a space, and its '%' starts an "
+            f"escape. Write redis://:{URL_ENCODE}@HOST:PORT/DB (or USER:... for an ACL user; "
+            "Jinja's urlencode leaves '/' as it is)."
+        )
+    return ""
+
+
 def broker_url_errors(
     workers: Iterable[str], brokers: Iterable[str], hostvars: Mapping[str, Mapping[str, Any]]
 ) -> list[str]:
     """celery_app_broker_url must reach a broker host of the inventory where its Redis listens
     (address, port, database) and authenticate as a user that Redis will have: `default` with
     redis_password, or one of redis_acl_users. Never prints a secret."""
-    errors: list[str] = []
+    refused: list[tuple[str, str, str]] = []
     brokers = list(brokers)
     form = "redis://:PASSWORD@HOST:PORT/DB (or redis://USER:PASSWORD@HOST:PORT/DB)"
     listening = "; ".join(f"{b}: {', '.join(_binds(hostvars[b]))}" for b in brokers)
+    passwords = _passwords(brokers, hostvars)
+
+    def refuse(worker: str, problem: str) -> None:
+        refused.append(("celery_app_broker_url", worker, problem))
+
     for worker in workers:
         url = hostvars[worker].get("celery_app_broker_url")
         if not url:
             continue  # secret_errors names it
-        where = f"celery_app_broker_url on {worker}"
+        if problem := _unencoded_password(str(url), passwords):
+            refuse(worker, problem)
+            continue
         try:
             parts = urlsplit(str(url))
             port = parts.port or 6379
         except ValueError:
-            errors.append(f"{where} is not a URL the broker client can read: write it as {form}.")
+            refuse(worker, f" is not a URL the broker client can read: write it as {form}.")
             continue
         if parts.scheme != "redis":
             scheme = parts.scheme or "(none)"
-            errors.append(
-                f"{where} uses the scheme {scheme!r}: the toolkit's broker is the Redis it "
-                f"deploys on the broker group, reached as {form}."
+            refuse(
+                worker,
+                f" uses the scheme {scheme!r}: the toolkit's broker is the Redis it "
+                f"deploys on the broker group, reached as {form}.",
             )
             continue
         if not brokers:
@@ -490,9 +773,10 @@ def broker_url_errors(
         address = parts.hostname or "localhost"
         if _is_loopback(address):
             if worker not in brokers:
-                errors.append(
-                    f"{where} points at {address}, but {worker} runs no Redis (it is not in the "
-                    f"broker group): use an address a broker host listens on ({listening})."
+                refuse(
+                    worker,
+                    f" points at {address}, but {worker} runs no Redis (it is not in the broker "
+                    f"group): use an address a broker host listens on ({listening}).",
                 )
                 continue
             target = worker
@@ -507,31 +791,35 @@ def broker_url_errors(
                 )
             ]
             if not found:
-                errors.append(
-                    f"{where} points at {address}, where no broker host listens "
-                    f"(redis_bind_addresses: {listening}): put one of those addresses in the URL, "
-                    f"or add {address} to the broker's redis_bind_addresses."
+                refuse(
+                    worker,
+                    f" points at {address}, where no broker host listens (redis_bind_addresses: "
+                    f"{listening}): put one of those addresses in the URL, or add {address} to "
+                    "the broker's redis_bind_addresses.",
                 )
                 continue
             target = found[0]
         hv = hostvars[target]
         redis_port = int(hv.get("redis_port", 6379))
         if port != redis_port:
-            errors.append(
-                f"{where} uses port {port}, but Redis on {target} listens on redis_port "
-                f"{redis_port}: use {redis_port} in the URL."
+            refuse(
+                worker,
+                f" uses port {port}, but Redis on {target} listens on redis_port "
+                f"{redis_port}: use {redis_port} in the URL.",
             )
         databases = int(hv.get("redis_databases", 16))
         db = parts.path.strip("/") or "0"
         if not db.isdigit() or int(db) >= databases:
-            errors.append(
-                f"{where} names the database {db!r}, but Redis on {target} has databases 0 to "
-                f"{databases - 1} (redis_databases): end the URL with /0 (or another of those)."
+            refuse(
+                worker,
+                f" names the database {db!r}, but Redis on {target} has databases 0 to "
+                f"{databases - 1} (redis_databases): end the URL with /0 (or another of those).",
             )
         if parts.username and parts.password is None:
-            errors.append(
-                f"{where} has a secret before '@' but no ':' in front of it, so Redis would read "
-                "it as a user name (and print it in errors): write redis://:SECRET@HOST:PORT/DB."
+            refuse(
+                worker,
+                " has a secret before '@' but no ':' in front of it, so Redis would read it as a "
+                "user name (and print it in errors): write redis://:SECRET@HOST:PORT/DB.",
             )
             continue
         user = unquote(parts.username or "") or "default"
@@ -539,11 +827,11 @@ def broker_url_errors(
         if user == "default":
             expected = hv.get("redis_password")
             if expected and password != str(expected):
-                errors.append(
-                    f"{where} authenticates as Redis's default user with a password that is not "
+                refuse(
+                    worker,
+                    " authenticates as Redis's default user with a password that is not "
                     f"redis_password of {target}: write the URL as "
-                    "redis://:{{ redis_password | urlencode }}@HOST:PORT/DB, or as a user of "
-                    "redis_acl_users."
+                    f"redis://:{URL_ENCODE}@HOST:PORT/DB, or as a user of redis_acl_users.",
                 )
             continue
         users = {
@@ -551,18 +839,20 @@ def broker_url_errors(
         }
         if user not in users:
             known = ", ".join(sorted(users)) or "none"
-            errors.append(
-                f"{where} authenticates as the Redis user {user!r}, which is not in "
+            refuse(
+                worker,
+                f" authenticates as the Redis user {user!r}, which is not in "
                 f"redis_acl_users of {target} (users: {known}): add it there, or use "
-                "redis://:PASSWORD@... with redis_password for the default user."
+                "redis://:PASSWORD@... with redis_password for the default user.",
             )
         elif password != str(users[user].get("password", "")):
-            errors.append(
-                f"{where} authenticates as the Redis user {user!r} with a password that is not "
+            refuse(
+                worker,
+                f" authenticates as the Redis user {user!r} with a password that is not "
                 f"the one redis_acl_users gives {user!r} on {target}: use that password "
-                "(URL-encoded) in the URL."
+                "(URL-encoded) in the URL.",
             )
-    return errors
+    return _once(refused)
 
 
 def celery_inventory_errors(
@@ -591,11 +881,19 @@ def celery_inventory_errors(
         needs.setdefault(host, {})["celery_app_broker_url"] = 10
     for host in groups.get("flower", []):
         needs.setdefault(host, {}).update(flower_basic_auth_user=1, flower_basic_auth_password=12)
+    found: list[tuple[str, str, str]] = []
     for host, names in needs.items():
         hv = hostvars[host]
         sandbox = _truthy(hv.get("celery_toolkit_sandbox", False))
-        errors += secret_errors(host, {n: (hv.get(n), m) for n, m in names.items()}, sandbox)
-    return errors
+        found += secret_errors(host, {n: (hv.get(n), m) for n, m in names.items()}, sandbox)
+    for host in groups.get("broker", []):
+        found += credential_errors(host, hostvars[host], ["redis_password", "redis_acl_users"])
+    for host in groups.get("flower", []):
+        names = ["flower_basic_auth_user", "flower_basic_auth_password"]
+        found += credential_errors(host, hostvars[host], names)
+    for host in workers:
+        found += environment_errors(host, hostvars[host].get("celery_app_environment", {}))
+    return errors + _once(found)
 
 
 def celery_route_queue(task_name: str, routes: Mapping[str, str], default: str = "default") -> str:
@@ -748,6 +1046,8 @@ class FilterModule:
             "celery_private_addresses": celery_private_addresses,
             "celery_health_report": celery_health_report,
             "celery_group_errors": celery_group_errors,
+            "celery_credential_errors": celery_credential_errors,
+            "celery_environment_errors": celery_environment_errors,
             "celery_status_lines": celery_status_lines,
             "celery_status_ok": celery_status_ok,
         }
