@@ -260,6 +260,18 @@ def test_a_control_character_in_the_broker_url_is_refused():
     ]
 
 
+def test_a_control_character_in_the_result_backend_is_refused():
+    """CELERY_RESULT_BACKEND is a line of the same environment file."""
+    backend = f"redis://:{BROKER_PASSWORD}@10.0.0.1:6379/1"
+    assert inventory(celery_app_result_backend=backend) == []
+    errors = inventory(celery_app_result_backend=backend + "\rX=1")
+    assert errors == [
+        "celery_app_result_backend on vm1, vm2 and vm3 holds a carriage return: no URL and no "
+        "environment file carries one. Remove it (a password goes into the URL percent-encoded: "
+        f"{ENCODE})."
+    ]
+
+
 def test_a_wrong_password_names_the_jinja_that_encodes_every_character():
     errors = inventory(celery_app_broker_url="redis://:another-secret-0123456789@10.0.0.1/0")
     assert errors == [

@@ -893,6 +893,15 @@ def celery_inventory_errors(
         found += credential_errors(host, hostvars[host], names)
     for host in workers:
         found += environment_errors(host, hostvars[host].get("celery_app_environment", {}))
+        if kind := _control(hostvars[host].get("celery_app_result_backend") or ""):
+            found.append(
+                (
+                    "celery_app_result_backend",
+                    host,
+                    f" holds {kind}: no URL and no environment file carries one. Remove it (a "
+                    f"password goes into the URL percent-encoded: {URL_ENCODE}).",
+                )
+            )
     return errors + _once(found)
 
 
