@@ -556,6 +556,22 @@ def test_bad_input_on_three_hosts_is_said_once(tmp_path, overrides, message):
     assert "failed=1 " in proc.stdout and not re.search(r"failed=[2-9]", proc.stdout)
 
 
+def test_an_environment_name_is_data_never_a_command_on_the_controller(tmp_path):
+    """The app's import on the controller gets celery_app_environment as its environment, which
+    Ansible writes into a shell command line: a name holding ';' ran there as a command (and
+    'PA-MODE' crashed the validation). The import waits for an environment that passes."""
+    ran = tmp_path / "ran"
+    name = f"X;touch {ran};Y"
+    inventory = tmp_path / "inventory"
+    inventory.mkdir()
+    proc = deploy(write_inventory(inventory, {"celery_app_environment": {name: "1"}}, None))
+    assert_refused_before_any_host(
+        proc, f"celery_app_environment on vm1: {name!r} is not an environment variable name"
+    )
+    assert not ran.exists()
+    assert "could not be imported" not in proc.stdout
+
+
 @pytest.mark.parametrize("tags", ["flower", "celery_workers,redis"])
 def test_validation_runs_whatever_tags_are_asked_for(tmp_path, tags):
     """`deploy.yml --tags X` must not skip the checks: bad input is refused all the same."""
