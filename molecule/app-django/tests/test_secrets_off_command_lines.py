@@ -1,13 +1,15 @@
 """Secrets off command lines and out of hashes, as a reviewer would look for them (issue 18).
 
 A deploy that rotates the Django project's SECRET_KEY (a new value in celery_app_environment,
-given as an extra-vars file, never on ansible-playbook's own command line) runs while two
-samplers read, every 0.2 s, every command line of the controller (`ps -eo args`: all processes
-of the machine) and of the host (`/proc/*/cmdline`, through `docker exec`). No sample may hold
-the broker's password (plain or URL-encoded), Flower's password or the key, old or new. The
-rotation must make the host pending and restart its processes; a re-run with nothing to do
-(run with -vvv: its output must not hold them either) changes nothing; the deploy mark and the
-restart token hold no plain hash of them. Then the scenario's own key is deployed again.
+given as an extra-vars file, never on ansible-playbook's own command line) runs with -vvv while
+two samplers read, every 0.2 s, every command line of the controller (`ps -eo args`: all
+processes of the machine) and of the host (`/proc/*/cmdline`, through `docker exec`). No sample
+and no line of its output may hold the broker's password (plain or URL-encoded), Flower's
+password or the key, old or new. The rotation must make the host pending and restart its
+processes; the deploy mark and the restart token hold no plain hash of a secret. Then the
+scenario's own key is deployed again on a host made to look like one of an earlier toolkit
+version (a mark of unkeyed SHA-1 digests, no key): it is pending once, and a re-run with -vvv
+has nothing to do, changes nothing and prints no secret.
 
 Runs before the shared app_shape tests (molecule.yml, additional_files_or_dirs) and leaves the
 host as converge left it.
@@ -17,6 +19,7 @@ import hashlib
 import json
 import re
 import secrets
+import shlex
 import subprocess
 import threading
 from urllib.parse import quote
@@ -29,6 +32,8 @@ CONTAINER = "celery-toolkit-app-django"
 APP = "shop"
 UNITS = [f"{APP}-worker@main", f"{APP}-worker@mail", f"{APP}-beat", f"{APP}-flower"]
 MARK = f"/etc/ansible/facts.d/{APP}_deploy.fact"
+ENV_FILE = f"/etc/{APP}/{APP}.env"
+KEY = f"/etc/{APP}/hash.key"
 
 
 class Sampler:
@@ -90,8 +95,8 @@ def inventory(host):
 
 @pytest.fixture(scope="module")
 def rotated(host, inventory, tmp_path_factory):
-    """Deploy a new SECRET_KEY while sampling every command line; afterwards deploy the
-    scenario's own environment again."""
+    """Deploy a new SECRET_KEY with -vvv while sampling every command line. Afterwards, unless
+    the last test did, deploy the scenario's own environment again."""
     old_key = inventory["celery_app_environment"]["DJANGO_SECRET_KEY"]
     new_key = f"rotated-secret-key-{secrets.token_hex(12)}"
     extra = tmp_path_factory.mktemp("secrets") / "rotated.json"
@@ -112,21 +117,20 @@ def rotated(host, inventory, tmp_path_factory):
         ["docker", "exec", CONTAINER, "sh", "-c", "cat /proc/[0-9]*/cmdline; echo"],
     )
     with controller, on_host:
-        proc, seconds = run_playbook("deploy.yml", "-e", f"@{extra}")
-    after = main_pids(host)
+        proc, seconds = run_playbook("deploy.yml", "-e", f"@{extra}", "-vvv")
+    print(f"the rotating deploy took {seconds} s")
     yield {
-        "extra": extra,
         "forms": forms,
+        "old_key": old_key,
         "new_key": new_key,
         "proc": proc,
-        "seconds": seconds,
         "before": before,
-        "after": after,
+        "after": main_pids(host),
         "controller": controller.samples,
         "on_host": on_host.samples,
     }
-    run_playbook("deploy.yml")
-    assert old_key in host.file(f"/etc/{APP}/{APP}.env").content_string
+    if new_key in host.file(ENV_FILE).content_string:
+        run_playbook("deploy.yml")
 
 
 def test_the_samplers_saw_the_deploy(rotated):
@@ -136,12 +140,16 @@ def test_the_samplers_saw_the_deploy(rotated):
     assert len(controller) > 20 and len(on_host) > 20, (len(controller), len(on_host))
     assert any("ansible-playbook" in s and f"exec -i {CONTAINER}" in s for s in controller)
     assert sum("BECOME-SUCCESS" in s for s in on_host) > 3, on_host[-1][-2000:]
+    # -vvv shows each command Ansible runs, and the controller's import of the app ran
+    out = rotated["proc"].stdout
+    assert "EXEC" in out and "TASK [celery_app : Import the app on the controller" in out
 
 
-def test_no_secret_on_any_command_line_during_the_deploy(rotated):
-    forms = rotated["forms"]
+def test_no_secret_on_any_command_line_or_in_vvv_output_during_the_deploy(rotated):
+    forms, proc = rotated["forms"], rotated["proc"]
     assert leaks(rotated["controller"], forms) == {}, "on the controller"
     assert leaks(rotated["on_host"], forms) == {}, "on the host"
+    assert leaks([proc.stdout, proc.stderr], forms) == {}, "in ansible-playbook -vvv output"
 
 
 def test_the_rotated_secret_made_the_host_pending_and_restarted_it(host, rotated):
@@ -149,20 +157,7 @@ def test_the_rotated_secret_made_the_host_pending_and_restarted_it(host, rotated
     assert f"{CONTAINER}: inputs changed" in out, rotated["proc"].stdout[-3000:]
     restarted = [u for u in UNITS if rotated["after"][u] != rotated["before"][u]]
     assert restarted == UNITS, (rotated["before"], rotated["after"])
-    assert rotated["new_key"] in host.file(f"/etc/{APP}/{APP}.env").content_string
-
-
-def test_a_rerun_with_nothing_to_do_changes_nothing_and_its_vvv_output_holds_no_secret(
-    host, rotated
-):
-    proc, _ = run_playbook("deploy.yml", "-e", f"@{rotated['extra']}", "-vvv")
-    assert "1 of 1 hosts have nothing to switch or restart" in proc.stdout
-    recap = [line for line in proc.stdout.splitlines() if line.startswith(CONTAINER)]
-    assert recap and "changed=0" in recap[-1] and "failed=0" in recap[-1], recap
-    assert main_pids(host) == rotated["after"]
-    # the controller's import of the app ran (and so would have shown its environment)
-    assert "TASK [celery_app : Import the app on the controller" in proc.stdout
-    assert leaks([proc.stdout, proc.stderr], rotated["forms"]) == {}
+    assert rotated["new_key"] in host.file(ENV_FILE).content_string
 
 
 def plain_hashes(value: str) -> set[str]:
@@ -176,18 +171,40 @@ def test_the_mark_and_the_restart_token_hold_no_plain_hash_of_a_secret(host, rot
     mark = json.loads(host.file(MARK).content_string)
     assert sorted(mark) == ["files", "inputs"]
     assert all(re.fullmatch(r"[0-9a-f]{64}", digest) for digest in mark.values()), mark
-    env_file = host.file(f"/etc/{APP}/{APP}.env").content_string
+    env_file = host.file(ENV_FILE).content_string
     hardening = host.file(f"/etc/systemd/system/{APP}-.service.d/hardening.conf").content_string
     values = [*rotated["forms"].values(), env_file]
-    for value in values:
-        assert not plain_hashes(value) & set(mark.values())
     text = host.file(MARK).content_string
     for value in values:
+        assert not plain_hashes(value) & set(mark.values())
         assert not any(digest[:12] in text for digest in plain_hashes(value))
-    # the token the units restart on: the release, then 12 hex digits of a keyed hash
+    # the token the units restart on: the release, then 12 hex digits of a keyed hash (before,
+    # of an unkeyed SHA-1 over the environment file and the hardening drop-in)
     token = json.loads(host.file(f"/etc/ansible/facts.d/{APP}.fact").content_string)["release"]
-    unkeyed = hashlib.sha1((env_file + hardening).encode()).hexdigest()[:12]
     assert re.fullmatch(r".+-[0-9a-f]{12}", token), token
-    assert not token.endswith(unkeyed), token
-    key = host.file(f"/etc/{APP}/hash.key")
+    assert not token.endswith(hashlib.sha1((env_file + hardening).encode()).hexdigest()[:12])
+    assert token in host.file(f"/etc/{APP}/worker-main.env").content_string
+    key = host.file(KEY)
     assert (key.user, key.group, key.mode) == ("root", "root", 0o600)
+
+
+def test_a_host_of_an_earlier_toolkit_is_pending_once_then_a_rerun_does_nothing(host, rotated):
+    """A mark of unkeyed SHA-1 digests and no key, as an earlier toolkit version left the host:
+    the deploy (back to the scenario's own key) runs it once and makes a key; a re-run with -vvv
+    has nothing to do, changes nothing and prints no secret."""
+    old_key = host.file(KEY).content_string
+    old_mark = {"inputs": hashlib.sha1(b"inputs").hexdigest(), "files": "0" * 40}
+    host.run_expect([0], f"rm {KEY}")
+    host.run_expect([0], "sh -c %s", f"echo {shlex.quote(json.dumps(old_mark))} > {MARK}")
+    proc, _ = run_playbook("deploy.yml")
+    assert f"{CONTAINER}: inputs changed, files changed" in re.sub(r"\s+", " ", proc.stdout)
+    assert rotated["old_key"] in host.file(ENV_FILE).content_string
+    assert host.file(KEY).mode == 0o600 and host.file(KEY).content_string != old_key
+    pids = main_pids(host)
+    proc, _ = run_playbook("deploy.yml", "-vvv")
+    assert "1 of 1 hosts have nothing to switch or restart" in proc.stdout
+    recap = [line for line in proc.stdout.splitlines() if line.startswith(CONTAINER)]
+    assert recap and "changed=0" in recap[-1] and "failed=0" in recap[-1], recap
+    assert main_pids(host) == pids
+    assert "TASK [celery_app : Import the app on the controller" in proc.stdout
+    assert leaks([proc.stdout, proc.stderr], rotated["forms"]) == {}
