@@ -6,6 +6,10 @@ index into a throwaway virtualenv cached by the wheelhouse hash (a source tree i
 it and put on its path, as on the hosts), and runs inspect_app.py there with the app's
 environment. Prints inspect_app.py's JSON report. Nothing touches a host.
 
+The app's environment comes as a JSON object on stdin (--env-stdin), never on a command line:
+it may hold secrets (a Django SECRET_KEY), and a process's arguments are visible to every user
+of the controller (ps) and in Ansible's -vvv output.
+
 On failure it prints one short line (the last line of the error, e.g. the module that failed to
 import) and, after it, the full text for `-v` readers.
 """
@@ -36,7 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extra", action="append", default=[])
     parser.add_argument("--broker", action="append", default=[])
     parser.add_argument("--module", required=True, help="what `celery -A` is given")
-    parser.add_argument("--env", default="{}", help="JSON object: the app's environment")
+    parser.add_argument(
+        "--env-stdin",
+        action="store_true",
+        help="read the app's environment from stdin, as a JSON object (name -> value)",
+    )
     parser.add_argument("--output", required=True, help="cache folder (wheelhouses, venvs)")
     args = parser.parse_args(argv)
 
@@ -86,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                     tar.extractall(src, filter="data")
                 add_to_path(venv, src)
             (venv / ".complete").touch()
-    env = {**os.environ, **json.loads(args.env)}
+    env = {**os.environ, **(read_env(sys.stdin.read()) if args.env_stdin else {})}
     proc = subprocess.run(
         [str(venv / "bin/python"), str(HERE / "inspect_app.py"), args.module],
         capture_output=True,
@@ -99,6 +107,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(proc.stdout.strip())
     return 0
+
+
+def read_env(text: str) -> dict[str, str]:
+    """The app's environment from a JSON object of names to values (stdin)."""
+    env = json.loads(text or "{}")
+    if not isinstance(env, dict):
+        raise SystemExit("report: the environment on stdin is not a JSON object")
+    return {str(name): str(value) for name, value in env.items()}
 
 
 def fail(what: str, stderr: str) -> None:
