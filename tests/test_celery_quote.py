@@ -2,7 +2,7 @@
 them (systemd_env_quote, redis_config_quote), roles/celery_app/files/celery_envfile.py reads an
 env file as systemd does, and `<app>-run` (templates/usr/local/sbin/app-run.j2) passes what it
 read to the command without a shell. (systemd itself reading the written files is tested in the
-default and supervisor scenarios: molecule/resources/secrets.py.)"""
+default and supervisor scenarios: molecule/resources/exact_values.py.)"""
 
 import json
 import os
