@@ -23,12 +23,13 @@ def test_environment_files_are_read_as_systemd_reads_them(tmp_path):
     env.write_text(
         "# a comment\n\nCELERY_APP=refapp\n"
         "CELERY_WORKER_OPTS=--queues=high,default --concurrency=4\n"
-        'QUOTED="a b"\n; another comment\n'
+        'QUOTED="a b \\$HOME $(x)"\n; another comment\n'
     )
-    assert celery_supervise.read_env(str(env)) == {
+    # the wrapper's reader is the one <app>-run uses (tests/test_celery_quote.py tests it)
+    assert celery_supervise.read_env_file(str(env)) == {
         "CELERY_APP": "refapp",
         "CELERY_WORKER_OPTS": "--queues=high,default --concurrency=4",
-        "QUOTED": "a b",
+        "QUOTED": "a b $HOME $(x)",
     }
 
 
@@ -71,8 +72,10 @@ time.sleep(30)
 
 
 def run_wrapper(tmp_path: Path, *child_args: str, options=(), send=None):
+    # installed as on a host: the env-file reader beside the wrapper
+    for name in ("celery_supervise.py", "celery_envfile.py"):
+        (tmp_path / name).write_text((FILES / name).read_text())
     wrapper = tmp_path / "celery_supervise.py"
-    wrapper.write_text((FILES / "celery_supervise.py").read_text())
     fake_helpers(tmp_path)
     calls = tmp_path / "calls"
     calls.write_text("")

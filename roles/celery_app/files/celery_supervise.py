@@ -5,8 +5,9 @@ units (the command of every supervisor program the toolkit writes):
     (the run helper execs this script as the app's user, with the app's environment)
 
 supervisord has no ExecStop or ExecStopPost, and passes no environment file. This wrapper:
-- reads each --env FILE (KEY=VALUE lines, as systemd's EnvironmentFile=) into the environment
-  and expands ${NAME} (one argument) and $NAME (split on whitespace) in COMMAND, as systemd does;
+- reads each --env FILE into the environment with celery_envfile.py (systemd's EnvironmentFile=
+  grammar; `<app>-run` reads the app's file with it too; no shell), and expands ${NAME} (one
+  argument) and $NAME (split on whitespace) in COMMAND, as systemd does;
 - runs COMMAND as its child, and forwards SIGTERM, SIGINT, SIGQUIT and SIGHUP to it only (the
   pool children are never signalled: a warm shutdown); if the wrapper itself is killed, the
   child gets SIGTERM (a warm shutdown) rather than run on unsupervised;
@@ -32,24 +33,12 @@ import sys
 import threading
 from pathlib import Path
 
-# celery_drain.py and celery_recover.py (roles/celery_workers) are installed beside this script
+from celery_envfile import read_env_file
+
+# celery_drain.py and celery_recover.py (roles/celery_workers) are installed beside this script,
+# celery_envfile.py too (imported from this script's folder, first on sys.path)
 HERE = Path(__file__).resolve().parent
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
-
-
-def read_env(path: str) -> dict[str, str]:
-    """KEY=VALUE lines; blank lines and # comments skipped; one pair of quotes stripped."""
-    env: dict[str, str] = {}
-    for line in Path(path).read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith(("#", ";")) or "=" not in line:
-            continue
-        key, value = line.split("=", 1)
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        env[key.strip()] = value
-    return env
 
 
 def expand(args: list[str], env: dict[str, str]) -> list[str]:
@@ -92,7 +81,7 @@ def main(argv: list[str]) -> int:
     state_dir = next((options[i + 1] for i, o in enumerate(options) if o == "--state"), "")
     marker = Path(state_dir) / f"{drain_node}.running" if state_dir and drain_node else None
     for path in env_files:
-        os.environ.update(read_env(path))
+        os.environ.update(read_env_file(path, warn=lambda message: print(message, file=sys.stderr)))
     if marker and marker.exists():
         recover()  # the last run ended with no chance to do it
     if marker:
