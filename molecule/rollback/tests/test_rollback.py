@@ -138,3 +138,65 @@ def test_rollback_to_previous_release(host, rollback_run):
     again, _ = playbook("rollback.yml", "-e", "celery_app_rollback_to_previous=true")
     recap = [line for line in again.splitlines() if line.startswith("celery-toolkit-rollback")]
     assert "changed=0" in recap[-1], recap
+
+
+# Runs on the host with the broker URL of the app (or of Flower): each admin command must be
+# refused with NOPERM (SHUTDOWN last: were it allowed, Redis would stop).
+REFUSED = """
+import os, redis
+client = redis.Redis.from_url(os.environ["CELERY_BROKER_URL"])
+for command in (["FLUSHALL"], ["FLUSHDB"], ["CONFIG", "GET", "maxmemory"], ["KEYS", "*"],
+                ["ACL", "LIST"], ["REPLICAOF", "NO", "ONE"], ["SHUTDOWN", "NOSAVE"]):
+    try:
+        client.execute_command(*command)
+        print(command[0], "ALLOWED")
+    except redis.exceptions.NoPermissionError:
+        print(command[0], "NOPERM")
+"""
+
+# (DEBUG and MODULE are not in the rules either; Redis refuses them to everyone before the ACL
+# check, enable-debug-command and enable-module-command being off.)
+ADMIN_COMMANDS = ["FLUSHALL", "FLUSHDB", "CONFIG", "KEYS", "ACL", "REPLICAOF", "SHUTDOWN"]
+ADMIN = "REDISCLI_AUTH=sandbox-broker-password-not-secret redis-cli --user admin"
+
+
+def test_the_app_and_flower_were_refused_nothing(host, rollback_run):
+    """Every command the app, its helpers and Flower sent through the scenario (loads, rollbacks,
+    deploys, drains, verify) was allowed by their profiles: Redis's ACL log names none."""
+    log = host.check_output(f"{ADMIN} --json ACL LOG 128")
+    refused = [
+        (e["username"], e["reason"], e["object"])
+        for e in json.loads(log)
+        if e["username"] in ("refapp", "refapp-flower")
+    ]
+    assert refused == []
+
+
+def test_app_user_gets_noperm_for_admin_commands(host, rollback_run):
+    out = as_app(host, REFUSED)
+    assert out.split() == [w for c in ADMIN_COMMANDS for w in (c, "NOPERM")], out
+    assert "user=refapp " in host.check_output(f"{ADMIN} CLIENT LIST")
+
+
+def flower_api(host, path):
+    return host.check_output(
+        f"curl -sf -u admin:sandbox-flower-password http://127.0.0.1:5555/api/{path}"
+    )
+
+
+def test_flower_logs_in_as_its_own_user_and_sees_the_workers(host, rollback_run):
+    env = host.check_output("cat /etc/refapp/flower.env")
+    assert "CELERY_BROKER_URL=redis://refapp-flower:" in env
+    workers = json.loads(flower_api(host, "workers?refresh=1"))
+    assert any(name.endswith("@celery-toolkit-rollback") for name in workers), workers
+    queues = json.loads(flower_api(host, "queues/length"))
+    assert {q["name"] for q in queues["active_queues"]} >= {"high", "default", "low"}
+    clients = host.check_output(f"{ADMIN} CLIENT LIST")
+    assert "user=refapp-flower " in clients
+    refused = host.run(
+        "REDISCLI_AUTH=sandbox-flower-broker-password redis-cli --user refapp-flower FLUSHALL"
+    )
+    assert "NOPERM" in refused.stdout + refused.stderr
+    # the administrator's password no longer opens `default`
+    out = host.run("REDISCLI_AUTH=sandbox-broker-password-not-secret redis-cli PING")
+    assert "PONG" not in out.stdout, out.stdout
