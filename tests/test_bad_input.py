@@ -28,6 +28,8 @@ DEFAULT_ROUTES = yaml.safe_load((ROOT / "roles/celery_app/defaults/main.yml").re
 ]
 SOUND = {
     "redis_password": "a-real-broker-secret-0123456789",
+    # the broker URL logs in as `default`, which is off unless enabled
+    "redis_default_user_enabled": True,
     "celery_app_broker_url": "redis://:a-real-broker-secret-0123456789@127.0.0.1:6379/0",
     "flower_basic_auth_user": "ops",
     "flower_basic_auth_password": "a-real-flower-secret-42",
@@ -240,6 +242,12 @@ CASES = [
         None,
         "celery_app_broker_url on vm1 authenticates as Redis's default user with a password "
         "that is not redis_password of vm1",
+    ),
+    (
+        "broker-url-logs-in-as-default-which-is-off",
+        {"redis_default_user_enabled": False},
+        None,
+        "celery_app_broker_url on vm1 logs in as Redis's default user, which is off on vm1",
     ),
     (
         "broker-url-password-without-colon",

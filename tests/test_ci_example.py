@@ -20,6 +20,7 @@ STEPS = {s.get("name"): s for s in WORKFLOW["jobs"]["check"]["steps"] if "run" i
 
 GROUP_VARS = {
     "redis_password": "a-real-broker-secret-0123456789",
+    "redis_default_user_enabled": True,
     "celery_app_broker_url": "redis://:a-real-broker-secret-0123456789@127.0.0.1:6379/0",
     "flower_basic_auth_user": "ops",
     "flower_basic_auth_password": "a-real-flower-secret-42",

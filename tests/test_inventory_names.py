@@ -84,7 +84,12 @@ def test_own_folders_pass():
 def fleet(url, **broker):
     """vm1 runs Redis (and workers), vm2 runs workers only."""
     hostvars = {
-        "vm1": {"redis_password": PASSWORD, "celery_app_broker_url": url, **broker},
+        "vm1": {
+            "redis_password": PASSWORD,
+            "redis_default_user_enabled": True,
+            "celery_app_broker_url": url,
+            **broker,
+        },
         "vm2": {"celery_app_broker_url": url},
     }
     return hostvars
@@ -220,3 +225,15 @@ def test_app_name_whose_units_prefix_system_units_is_refused(name):
         e.startswith(f"celery_app_name on vm1 is {name!r}: the app's hardening drop-in")
         for e in errors
     ), errors
+
+
+def test_the_default_user_is_refused_when_the_broker_keeps_it_off():
+    """`default` is off unless redis_default_user_enabled: a URL without a user (or `default`)
+    could never log in, and the refusal says which user to log in as instead."""
+    errors = check(f"redis://:{PASSWORD}@127.0.0.1:6379/0", redis_default_user_enabled=False)
+    assert len(errors) == 1
+    assert "logs in as Redis's default user, which is off on vm1" in errors[0]
+    assert "redis_acl_users" in errors[0] and PASSWORD not in errors[0]
+    acl = [{"name": "refapp", "password": PASSWORD}]
+    url = f"redis://refapp:{PASSWORD}@127.0.0.1:6379/0"
+    assert check(url, redis_default_user_enabled=False, redis_acl_users=acl) == []

@@ -29,6 +29,8 @@ def inventory(hosts=("vm1", "vm2", "vm3"), **overrides):
     `overrides` apply to every host, as group_vars/all would."""
     common = {
         "redis_password": BROKER_PASSWORD,
+        # these inventories log in as `default`, which a broker must enable (it is off by default)
+        "redis_default_user_enabled": True,
         "redis_bind_addresses": ["127.0.0.1", "10.0.0.1"],
         "celery_app_broker_url": f"redis://:{BROKER_PASSWORD}@10.0.0.1:6379/0",
         "flower_basic_auth_user": "ops",

@@ -825,6 +825,16 @@ def broker_url_errors(
         user = unquote(parts.username or "") or "default"
         password = unquote(parts.password or "")
         if user == "default":
+            if not _truthy(hv.get("redis_default_user_enabled", False)):
+                refuse(
+                    worker,
+                    f" logs in as Redis's default user, which is off on {target} "
+                    "(redis_default_user_enabled: false; redis_password is the admin user's): "
+                    "log in as the app's own user of redis_acl_users, "
+                    "redis://USER:PASSWORD@HOST:PORT/DB (the password URL-encoded), or set "
+                    "redis_default_user_enabled: true for the broker.",
+                )
+                continue
             expected = hv.get("redis_password")
             if expected and password != str(expected):
                 refuse(

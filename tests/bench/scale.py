@@ -106,6 +106,8 @@ def write_fleet(folder: Path, n: int, batch: str, bumped: bool = False) -> tuple
                 "ansible_python_interpreter": "/usr/bin/python3",
                 "celery_toolkit_sandbox": True,
                 "redis_password": "bench-broker-password-not-secret",
+                # the benchmark's app logs in as `default`, as inventories before ACL users did
+                "redis_default_user_enabled": True,
                 "redis_bind_addresses": ["127.0.0.1", f"{NET}.10"],
                 "celery_app_broker_url": f"redis://:bench-broker-password-not-secret@{NET}.10:6379/0",
                 "flower_basic_auth_user": "admin",
