@@ -106,7 +106,10 @@ def rotated(host, inventory, tmp_path_factory):
     forms = secret_forms(
         {
             "redis_password": inventory["redis_password"],
-            **{f"Redis user {u['name']}'s password": u["password"] for u in inventory["redis_acl_users"]},
+            **{
+                f"Redis user {u['name']}'s password": u["password"]
+                for u in inventory["redis_acl_users"]
+            },
             "flower_basic_auth_password": inventory["flower_basic_auth_password"],
             "the old SECRET_KEY": old_key,
             "the new SECRET_KEY": new_key,
