@@ -478,7 +478,7 @@ def broker_url_errors(
         except ValueError:
             errors.append(f"{where} is not a URL the broker client can read: write it as {form}.")
             continue
-        if parts.scheme != "redis":
+        if parts.scheme not in ("redis", "rediss"):  # rediss: TLS, checked by celery_tls.py
             scheme = parts.scheme or "(none)"
             errors.append(
                 f"{where} uses the scheme {scheme!r}: the toolkit's broker is the Redis it "
