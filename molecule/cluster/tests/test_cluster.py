@@ -40,8 +40,8 @@ for command in (["FLUSHALL"], ["CONFIG", "GET", "maxmemory"], ["CONFIG", "SET", 
     try:
         client.execute_command(*command)
         answers[" ".join(command[:2])] = "allowed"
-    except redis.exceptions.NoPermissionError as exc:
-        answers[" ".join(command[:2])] = str(exc).split()[0]
+    except redis.exceptions.NoPermissionError:  # redis-py's class for a NOPERM reply
+        answers[" ".join(command[:2])] = "NOPERM"
 print(json.dumps(answers))
 """
 # A client on a worker host with the system's Python: plain TCP, TLS that verifies the broker
@@ -151,9 +151,8 @@ def test_redis_speaks_tls_only_and_clients_verify_it():
     plain = docker_exec("cluster-fast-2", "python3", "-c", CONNECT, "plain", APP_PASSWORD)
     assert "PONG" not in plain and "NOAUTH" not in plain, plain
     # without the toolkit's CA (the system's store only), the broker's certificate is not trusted
-    assert docker_exec("cluster-fast-2", "python3", "-c", CONNECT, "system").startswith(
-        "unverified: unable to get local issuer certificate"
-    )
+    untrusted = docker_exec("cluster-fast-2", "python3", "-c", CONNECT, "system")
+    assert untrusted.startswith("unverified: ") and "certificate" in untrusted, untrusted
     # with it: TLS, and then the server asks for the password
     assert docker_exec("cluster-fast-2", "python3", "-c", CONNECT, "ca") == (
         "answer: -NOAUTH Authentication required."
