@@ -179,3 +179,33 @@ def test_messages_name_no_secret(pem):
     bad = fleet(pem, broker={"redis_tls_enabled": False})
     text = " ".join(celery_tls_errors(GROUPS, bad))
     assert not re.search(r"secret-0123456789", text)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"flower_address": "0.0.0.0"},
+            "flower_address on vm1 is 0.0.0.0, beyond loopback, but Flower has no TLS",
+        ),
+        (
+            {
+                "celery_app_broker_url": "rediss://:a-real-broker-secret-0123456789@127.0.0.1:6379/0"
+                + CA_TAIL
+            },
+            "celery_app_broker_url on vm1 uses rediss://, but the broker does not speak TLS",
+        ),
+    ],
+    ids=["flower-beyond-loopback-without-tls", "rediss-to-a-broker-without-tls"],
+)
+def test_deploy_refuses_tls_mistakes_before_any_host(tmp_path, overrides, message):
+    """The rules are wired into validate.yml: deploy.yml stops in its first play, saying why."""
+    from test_bad_input import VALIDATION_PLAY, deploy, plays, write_inventory
+
+    proc = deploy(write_inventory(tmp_path, overrides, None))
+    out = re.sub(r"\s+", " ", proc.stdout + proc.stderr)
+    assert proc.returncode != 0
+    assert message in out, proc.stdout[-3000:]
+    assert plays(proc.stdout) == [VALIDATION_PLAY]
+    assert not re.search(r"changed=[1-9]", proc.stdout)
+    assert "a-real-broker-secret" not in out
