@@ -760,7 +760,7 @@ def broker_url_errors(
         except ValueError:
             refuse(worker, f" is not a URL the broker client can read: write it as {form}.")
             continue
-        if parts.scheme != "redis":
+        if parts.scheme not in ("redis", "rediss"):  # rediss: TLS, checked by celery_tls.py
             scheme = parts.scheme or "(none)"
             refuse(
                 worker,

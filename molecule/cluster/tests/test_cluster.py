@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from celery_quote import redis_config_quote
 from playbook_runner import LEDGER, ROOT, record_figure, run_playbook, wait_until_ran
 
 BROKER = "172.30.77.10"
@@ -26,27 +27,64 @@ prefix, n, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 for i in range(n):
     record_fast.delay(f"{prefix}-{i}", seconds)
 """
+# As the app, over TLS with its own URL (its ACL user): AUTH must succeed (the PING) before the
+# refusals count; Redis is TLS-only, so every command here went over TLS.
 DANGEROUS = """
+import json
 import redis
 from refapp import app
-try:
-    redis.Redis.from_url(app.conf.broker_url).flushall()
-    print("allowed")
-except redis.exceptions.NoPermissionError as exc:
-    print("refused:", exc)
+client = redis.Redis.from_url(app.conf.broker_url)
+answers = {"tls": client.connection_pool.connection_class.__name__, "ping": client.ping()}
+for command in (["FLUSHALL"], ["CONFIG", "GET", "maxmemory"], ["CONFIG", "SET", "maxmemory", "1"],
+                ["SHUTDOWN", "NOSAVE"]):
+    try:
+        client.execute_command(*command)
+        answers[" ".join(command[:2])] = "allowed"
+    except redis.exceptions.NoPermissionError:  # redis-py's class for a NOPERM reply
+        answers[" ".join(command[:2])] = "NOPERM"
+print(json.dumps(answers))
 """
+# A client on a worker host with the system's Python: plain TCP, TLS that verifies the broker
+# against a CA (the toolkit's, or the system's own), and over TLS the app's AUTH then PING.
 CONNECT = (
     f"BROKER = {BROKER!r}\n"
     + """
-import socket
+import socket, ssl, sys
+mode, secret = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else ""
 try:
     s = socket.create_connection((BROKER, 6379), timeout=3)
-    s.sendall(b"PING\\r\\n")
-    print("answer:", s.recv(64).decode().strip())
+    if mode != "plain":
+        cafile = "/etc/refapp/broker-ca.pem" if mode == "ca" else None
+        s = ssl.create_default_context(cafile=cafile).wrap_socket(s, server_hostname=BROKER)
+    s.sendall(b"AUTH refapp " + secret.encode() + b"\\r\\nPING\\r\\n" if secret else b"PING\\r\\n")
+    data = b""
+    while data.count(b"\\r\\n") < (2 if secret else 1):
+        chunk = s.recv(256)
+        if not chunk:
+            break
+        data += chunk
+    print("answer:", " ".join(data.decode(errors="replace").split()))
+except ssl.SSLCertVerificationError as exc:
+    print("unverified:", exc.verify_message)
 except OSError as exc:
     print("refused:", type(exc).__name__)
 """
 )
+APP_PASSWORD = yaml.safe_load((ROOT / "molecule/cluster/inventory/group_vars/all.yml").read_text())[
+    "vault_app_redis_password"
+]
+FLOWER = """
+import ssl, sys, urllib.error, urllib.request
+url = sys.argv[1]
+context = ssl.create_default_context(cafile="/etc/refapp/broker-ca.pem")
+try:
+    urllib.request.urlopen(url, timeout=5, context=context)
+    print("answer: 200")
+except urllib.error.HTTPError as exc:
+    print("answer:", exc.code)
+except Exception as exc:
+    print("refused:", type(exc).__name__)
+"""
 
 
 def docker_exec(container, *argv):
@@ -102,12 +140,66 @@ def test_trixie_host_runs_its_own_python():
 
 
 def test_redis_admits_workers_and_refuses_other_hosts():
-    assert docker_exec("cluster-fast-2", "python3", "-c", CONNECT).startswith("answer: -NOAUTH")
-    assert docker_exec("cluster-outsider", "python3", "-c", CONNECT).startswith("refused:")
+    # a worker host reaches the port (TLS only: a plain client gets no answer, not even NOAUTH)
+    assert docker_exec("cluster-fast-2", "python3", "-c", CONNECT, "ca", APP_PASSWORD) == (
+        "answer: +OK +PONG"
+    )
+    assert docker_exec("cluster-outsider", "python3", "-c", CONNECT, "plain").startswith("refused:")
+
+
+def test_redis_speaks_tls_only_and_clients_verify_it():
+    plain = docker_exec("cluster-fast-2", "python3", "-c", CONNECT, "plain", APP_PASSWORD)
+    assert "PONG" not in plain and "NOAUTH" not in plain, plain
+    # without the toolkit's CA (the system's store only), the broker's certificate is not trusted
+    untrusted = docker_exec("cluster-fast-2", "python3", "-c", CONNECT, "system")
+    assert untrusted.startswith("unverified: ") and "certificate" in untrusted, untrusted
+    # with it: TLS, and then the server asks for the password
+    assert docker_exec("cluster-fast-2", "python3", "-c", CONNECT, "ca") == (
+        "answer: -NOAUTH Authentication required."
+    )
+    # Redis's own configuration on the broker: no plain port
+    config = docker_exec(
+        "cluster-broker", "grep", "-E", "^(port|tls-port) ", "/etc/redis/redis.conf"
+    )
+    assert config.splitlines() == ["port 0", "tls-port 6379"]
+
+
+def test_redis_cli_reads_the_toolkits_quoting_back_byte_for_byte():
+    """The toolkit gives redis-cli its AUTH on stdin, quoted by redis_config_quote (never -a,
+    which /proc shows): redis-cli's own parser, over TLS, reads every value back exactly (control
+    characters never reach it: the validation refuses them in every password)."""
+    values = ['a"b\\c', "sp ace'$(x)`#;&|", "\u00fcn\u00ef \U0001f389", '""', "\\x41", "{{ x }}"]
+    admin = yaml.safe_load((ROOT / "molecule/cluster/inventory/group_vars/all.yml").read_text())
+    lines = [f"AUTH admin {redis_config_quote(admin['redis_password'])}"]
+    lines += [f"ECHO {redis_config_quote(v)}" for v in values]
+    proc = subprocess.run(
+        ["docker", "exec", "-i", "cluster-broker", "redis-cli", "-h", "127.0.0.1", "--tls"]
+        + ["--cacert", "/etc/redis/tls/ca.crt", "--raw"],
+        input="\n".join(lines) + "\n",
+        capture_output=True,
+        text=True,
+    )
+    assert proc.stdout.split("\n")[:-1] == ["OK", *values]
 
 
 def test_the_apps_redis_user_cannot_run_dangerous_commands():
-    assert as_app("cluster-fast-1", DANGEROUS).startswith("refused:")
+    answers = json.loads(as_app("cluster-fast-1", DANGEROUS))
+    assert answers == {
+        "tls": "SSLConnection",
+        "ping": True,  # AUTH with the app's credentials succeeded
+        "FLUSHALL": "NOPERM",
+        "CONFIG GET": "NOPERM",
+        "CONFIG SET": "NOPERM",
+        "SHUTDOWN NOSAVE": "NOPERM",
+    }
+
+
+def test_flower_listens_on_the_private_network_over_https_only():
+    url = "https://172.30.77.21:5555/api/workers"
+    # from another VM: HTTPS with a certificate the CA signed, and a password still required
+    assert docker_exec("cluster-fast-2", "python3", "-c", FLOWER, url) == "answer: 401"
+    plain = docker_exec("cluster-fast-2", "python3", "-c", FLOWER, url.replace("https", "http"))
+    assert plain != "answer: 401" and plain != "answer: 200", plain
 
 
 def ledger(prefix):

@@ -1,14 +1,31 @@
 """What a user of the broker sees: it runs, demands a password, and keeps data across restarts."""
 
+import shlex
+
 import pytest
 
 PASSWORD = "molecule-broker-password-0123"
 
 
-def redis_cli(host, *args, password=None):
-    auth = ["--no-auth-warning", "-a", password] if password else []
-    cmd = " ".join(["redis-cli", "-h", "127.0.0.1", *auth, *args])
-    return host.run(cmd)
+def quote(value):
+    """One argument of a redis-cli line read from stdin (its own quoting rules)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def redis_cli(host, *args, password=None, user="admin"):
+    """Run one command; with a password, AUTH goes first on stdin (never argv, which /proc
+    shows), as `user` (redis_password is the admin user's), and the command's reply counts only
+    when AUTH answered OK."""
+    line = " ".join(quote(a) for a in args)
+    if password is None:
+        return host.run("redis-cli -h 127.0.0.1 " + line)
+    script = f"AUTH {quote(user)} {quote(password)}\n{line}\n"
+    out = host.run("printf %s " + shlex.quote(script) + " | redis-cli -h 127.0.0.1")
+    lines = out.stdout.splitlines()
+    out.auth = lines[0] if lines else ""
+    # the reply to the command alone (redis-cli prints a multi-line reply one line per element)
+    out.reply = "\n".join(lines[1:]) if out.auth == "OK" else None
+    return out
 
 
 def test_service_enabled_and_active(host):
@@ -25,14 +42,22 @@ def test_unauthenticated_command_is_refused(host):
 
 def test_wrong_password_is_refused(host):
     out = redis_cli(host, "PING", password="not-the-password")
-    assert "WRONGPASS" in out.stdout + out.stderr
-    assert out.stdout.strip().splitlines()[-1] != "PONG"
+    assert "WRONGPASS" in out.auth
+    assert out.reply is None
+
+
+def test_the_default_user_cannot_log_in(host):
+    """`default` is off (redis_default_user_enabled: false): not even redis_password opens it."""
+    out = redis_cli(host, "PING", password=PASSWORD, user="default")
+    assert "WRONGPASS" in out.auth
+    assert out.reply is None
 
 
 def test_authenticated_ping_answers(host):
     out = redis_cli(host, "PING", password=PASSWORD)
     assert out.rc == 0
-    assert out.stdout.strip() == "PONG"
+    assert out.auth == "OK"
+    assert out.reply == "PONG"
 
 
 @pytest.mark.parametrize(
@@ -47,7 +72,7 @@ def test_authenticated_ping_answers(host):
 )
 def test_broker_settings_are_live(host, setting, expected):
     out = redis_cli(host, "CONFIG", "GET", setting, password=PASSWORD)
-    assert out.stdout.split() == [setting, expected]
+    assert out.reply.split() == [setting, expected]
 
 
 def test_listens_on_loopback_only(host):
@@ -65,11 +90,11 @@ def test_config_files_are_not_world_readable(host):
 
 def test_key_survives_restart(host):
     written = redis_cli(host, "SET", "toolkit:survivor", "42", password=PASSWORD)
-    assert written.stdout.strip() == "OK"
+    assert written.reply == "OK"
     host.run_test("systemctl restart redis-server")
     # wait for the restarted server to answer
     for _ in range(30):
-        if redis_cli(host, "PING", password=PASSWORD).stdout.strip() == "PONG":
+        if redis_cli(host, "PING", password=PASSWORD).reply == "PONG":
             break
         host.run("sleep 0.5")
-    assert redis_cli(host, "GET", "toolkit:survivor", password=PASSWORD).stdout.strip() == "42"
+    assert redis_cli(host, "GET", "toolkit:survivor", password=PASSWORD).reply == "42"
