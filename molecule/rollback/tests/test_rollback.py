@@ -186,7 +186,8 @@ def flower_api(host, path):
 
 def test_flower_logs_in_as_its_own_user_and_sees_the_workers(host, rollback_run):
     env = host.check_output("cat /etc/refapp/flower.env")
-    assert "CELERY_BROKER_URL=redis://refapp-flower:" in env
+    # written quoted as systemd reads it (systemd_env_quote)
+    assert 'CELERY_BROKER_URL="redis://refapp-flower:' in env
     workers = json.loads(flower_api(host, "workers?refresh=1"))
     assert any(name.endswith("@celery-toolkit-rollback") for name in workers), workers
     queues = json.loads(flower_api(host, "queues/length"))
