@@ -4,12 +4,10 @@ import shlex
 
 import pytest
 
+# one argument of a redis-cli line read from stdin: the toolkit's own quoting (ping.yml)
+from celery_quote import redis_config_quote as quote
+
 PASSWORD = "molecule-broker-password-0123"
-
-
-def quote(value):
-    """One argument of a redis-cli line read from stdin (its own quoting rules)."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def redis_cli(host, *args, password=None, user="admin"):
