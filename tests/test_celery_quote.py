@@ -205,6 +205,9 @@ def render_run_helper(tmp_path: Path) -> Path:
             celery_app_module="shop",
             celery_app_config_dir=str(tmp_path / "etc"),
             celery_app_base_dir=str(tmp_path / "base"),
+            # roles/celery/vars/main.yml derives these from the two folders above
+            celery_app_env_file=str(tmp_path / "etc" / "shop.env"),
+            celery_app_current_dir=str(tmp_path / "base" / "current"),
             __celery_app_supervise_script=str(lib / "celery_supervise.py"),
         )
     )
