@@ -6,8 +6,9 @@ from __future__ import annotations
 import re
 
 import pytest
+from role_settings import settings
 
-from celery_layout import broker_url_errors
+from celery_broker import broker_url_errors
 from celery_tls import FilterModule, celery_broker_ca_path, celery_tls_errors
 
 CA_TAIL = "?ssl_cert_reqs=required&ssl_ca_certs=/etc/refapp/broker-ca.pem"
@@ -39,7 +40,7 @@ def fleet(pem, broker=None, worker=None):
         "celery_app_broker_ca_file": str(pem / "ca.pem"),
         **(worker or {}),
     }
-    return {"b": b, "w": w}
+    return {"b": settings(**b), "w": settings(**w)}
 
 
 def test_a_sound_tls_fleet_passes(pem):

@@ -2,7 +2,8 @@
 
 `celery_tls_errors` returns a list of messages, each naming the variable, the host and the fix;
 an empty list means the inventory's TLS settings hold together. It runs on the controller before
-any host is changed (playbooks/validate.yml) and never prints a secret.
+any host is changed (playbooks/validate.yml) and never prints a secret. Each host's settings are
+the inventory's values, else the roles' defaults (validate.yml's __validate_settings).
 """
 
 from __future__ import annotations
@@ -12,22 +13,17 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
+from ansible_collections.celery_toolkit.stack.plugins.plugin_utils.celery_common import (
+    binds,
+    is_loopback,
+    truthy,
+)
+
 # The file name of the broker's CA on a worker host, in the app's configuration folder: the
 # celery_app role installs celery_app_broker_ca_file there (through celery_broker_ca_path).
 CA_NAME = "broker-ca.pem"
 REDIS_TLS_FILES = ("redis_tls_cert_file", "redis_tls_key_file", "redis_tls_ca_file")
 FLOWER_TLS_FILES = ("flower_tls_cert_file", "flower_tls_key_file")
-
-
-def _truthy(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
-
-
-def _is_loopback(address: str) -> bool:
-    return address in LOOPBACK or address.startswith("127.")
 
 
 def _file_errors(host: str, hv: Mapping[str, Any], names: Iterable[str], why: str) -> list[str]:
@@ -53,8 +49,7 @@ def celery_broker_ca_path(config_dir: str) -> str:
 
 
 def ca_path(hv: Mapping[str, Any]) -> str:
-    name = hv.get("celery_app_name", "refapp")
-    return celery_broker_ca_path(str(hv.get("celery_app_config_dir") or f"/etc/{name}"))
+    return celery_broker_ca_path(str(hv["celery_app_config_dir"]))
 
 
 def url_errors(
@@ -65,7 +60,7 @@ def url_errors(
     try:
         parts = urlsplit(url)
     except ValueError:
-        return []  # celery_layout's broker_url_errors names it
+        return []  # celery_broker's broker_url_errors names it
     if parts.scheme not in ("redis", "rediss"):
         return []
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
@@ -113,22 +108,22 @@ def _broker_of(url: str, brokers: list[str], hostvars: Mapping[str, Mapping[str,
         return ""
     for broker in brokers:
         hv = hostvars[broker]
-        binds = [str(a).lstrip("-") for a in hv.get("redis_bind_addresses", [])]
-        names = (broker, str(hv.get("ansible_host", broker)), str(hv.get("celery_private_address")))
-        if address in binds or address in names:
+        names = (broker, str(hv.get("ansible_host", broker)), str(hv["celery_private_address"]))
+        if address in binds(hv) or address in names:
             return broker
-    return brokers[0] if len(brokers) == 1 and _is_loopback(address) else ""
+    return brokers[0] if len(brokers) == 1 and is_loopback(address) else ""
 
 
 def celery_tls_errors(
     groups: Mapping[str, Iterable[str]], hostvars: Mapping[str, Mapping[str, Any]]
 ) -> list[str]:
-    """Ansible entry point: every TLS rule of an inventory (`groups` is Ansible's groups)."""
+    """Ansible entry point: every TLS rule of an inventory (`groups` is Ansible's groups,
+    `hostvars` each host's settings)."""
     errors: list[str] = []
     brokers = list(groups.get("broker", []))
     for broker in brokers:
         hv = hostvars[broker]
-        if _truthy(hv.get("redis_tls_enabled", False)):
+        if truthy(hv["redis_tls_enabled"]):
             errors += _file_errors(broker, hv, REDIS_TLS_FILES, "redis_tls_enabled is true")
     for worker in groups.get("celery_workers", []):
         hv = hostvars[worker]
@@ -137,15 +132,15 @@ def celery_tls_errors(
             if not url:
                 continue
             broker = _broker_of(url, brokers, hostvars)
-            tls = _truthy(hostvars[broker].get("redis_tls_enabled", False)) if broker else None
+            tls = truthy(hostvars[broker]["redis_tls_enabled"]) if broker else None
             errors += url_errors(name, worker, url, hv, tls)
         if hv.get("celery_app_broker_ca_file"):
             errors += _file_errors(worker, hv, ["celery_app_broker_ca_file"], "it is set")
     for host in groups.get("flower", []):
         hv = hostvars[host]
-        address = str(hv.get("flower_address", "127.0.0.1"))
+        address = str(hv["flower_address"])
         cert, key = (hv.get(n) for n in FLOWER_TLS_FILES)
-        if not _is_loopback(address) and not (cert or key):
+        if not is_loopback(address) and not (cert or key):
             errors.append(
                 f"flower_address on {host} is {address}, beyond loopback, but Flower has no TLS: "
                 "its password and every task's arguments would cross the network in clear. Set "
