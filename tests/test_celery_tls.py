@@ -111,7 +111,7 @@ def test_result_backend_follows_the_same_rules(pem):
 def test_rediss_without_the_ca_file_is_refused(pem):
     errors = celery_tls_errors(GROUPS, fleet(pem, worker={"celery_app_broker_ca_file": ""}))
     assert errors == [
-        "celery_app_broker_ca_file is empty on w, but its celery_app_broker_url uses rediss://: "
+        "celery_app_broker_ca_file on w is empty, but celery_app_broker_url uses rediss://: "
         "set it to the CA that signed the broker's certificate, a PEM file on the controller "
         "(the broker's redis_tls_ca_file)."
     ]
@@ -123,7 +123,7 @@ def test_tls_broker_without_its_files_is_refused(pem):
         fleet(pem, broker={"redis_tls_key_file": "", "redis_tls_ca_file": str(pem / "nope.pem")}),
     )
     assert errors == [
-        "redis_tls_key_file is empty on b, but redis_tls_enabled is true: set it to a PEM file on "
+        "redis_tls_key_file on b is empty, but redis_tls_enabled is true: set it to a PEM file on "
         "the controller (for a test fleet, playbooks/tls_test_ca.yml makes one).",
         f"redis_tls_ca_file on b names {pem / 'nope.pem'}, which is not a file on the "
         "controller: fix the path (for a test fleet, run playbooks/tls_test_ca.yml first).",
@@ -147,7 +147,7 @@ def test_flower_beyond_loopback_with_tls_passes_and_needs_both_files(pem):
     worker = {"flower_address": "10.0.0.21", "flower_tls_cert_file": str(pem / "w.pem")}
     errors = celery_tls_errors(GROUPS, fleet(pem, worker=worker))
     assert errors == [
-        "flower_tls_key_file is empty on w, but Flower's TLS needs both: set it to a PEM file on "
+        "flower_tls_key_file on w is empty, but Flower's TLS needs both: set it to a PEM file on "
         "the controller (for a test fleet, playbooks/tls_test_ca.yml makes one)."
     ]
     worker["flower_tls_key_file"] = str(pem / "w.key")

@@ -92,8 +92,8 @@ def _target(worker: str, address: str, brokers: list[str], settings: Settings) -
             return worker, ""
         listening = "; ".join(f"{b}: {', '.join(binds(settings[b]))}" for b in brokers)
         return "", (
-            f" points at {address}, but {worker} runs no Redis (it is not in the broker group): "
-            f"use an address a broker host listens on ({listening})."
+            f" points at {address}, the host itself, which runs no Redis (it is not in the "
+            f"broker group): use an address a broker host listens on ({listening})."
         )
     for broker in brokers:
         hv = settings[broker]
@@ -171,17 +171,21 @@ def _login_problem(parts: SplitResult, target: str, hv: Mapping[str, Any]) -> st
 
 
 def broker_url_errors(
-    workers: Iterable[str], brokers: Iterable[str], settings: Settings
+    workers: Iterable[str],
+    brokers: Iterable[str],
+    settings: Settings,
+    var: str = "celery_app_broker_url",
 ) -> list[Refusal]:
-    """celery_app_broker_url of each worker host: readable, towards a broker host where Redis
+    """The broker URL `var` of each host of `workers` (celery_app_broker_url of the worker
+    hosts, flower_broker_url of the Flower hosts): readable, towards a broker host where Redis
     listens, on its port and one of its databases, as a user with its password."""
     found: list[Refusal] = []
     brokers = list(brokers)
     passwords = _passwords(brokers, settings)
     for worker in workers:
-        url = settings[worker]["celery_app_broker_url"]
+        url = settings[worker][var]
         if not url:
-            continue  # secret_errors names it
+            continue  # secret_errors names an empty celery_app_broker_url
         parts, problem = _parse(str(url), passwords)
         target = ""
         if parts and brokers:  # no broker in the inventory: one it does not manage
@@ -191,7 +195,7 @@ def broker_url_errors(
             problems += _endpoint_problems(parts, target, settings[target])
             if login := _login_problem(parts, target, settings[target]):
                 problems.append(login)
-        found += [("celery_app_broker_url", worker, p) for p in problems]
+        found += [(var, worker, p) for p in problems]
     return found
 
 

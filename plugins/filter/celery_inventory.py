@@ -9,6 +9,7 @@ over as `settings`; no rule here writes a role's default again.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -26,7 +27,10 @@ from ansible_collections.celery_toolkit.stack.plugins.filter.celery_secrets impo
     secret_errors,
 )
 from ansible_collections.celery_toolkit.stack.plugins.plugin_utils.celery_common import (
+    NAME,
+    NAME_RULE,
     Refusal,
+    control,
     hosts_phrase,
     once,
     truthy,
@@ -74,6 +78,11 @@ RULE_VARIABLES = [
     "redis_tls_key_file",
     "redis_tls_ca_file",
     "redis_admin_user",
+    "redis_maxmemory",
+    "redis_acl_celery_rules",
+    "redis_acl_flower_rules",
+    "flower_broker_url",
+    "celery_workers_layout_name",
     "ansible_host",
     "celery_toolkit_sandbox",
 ] + list(RENAMED)
@@ -105,6 +114,55 @@ def batch_errors(value: Any) -> list[str]:
     ]
 
 
+# Redis's memory sizes: bytes, or a number with k, kb, m, mb, g or gb (any case).
+MEMORY_SIZE = re.compile(r"^[0-9]+([kmg]b?)?$", re.IGNORECASE)
+
+
+def address_errors(host: str, hv: Mapping[str, Any]) -> list[Refusal]:
+    """celery_private_address is an IP address (Redis binds it, nftables admits it)."""
+    address = str(hv.get("celery_private_address") or "")
+    try:
+        if address:
+            ipaddress.ip_address(address)
+    except ValueError:
+        return [
+            (
+                "celery_private_address",
+                host,
+                f" is {address!r}, not an IP address: Redis binds it and the broker's firewall "
+                "admits it. Give the host's address on the network between the VMs (10.0.0.5), "
+                "or leave it empty (an IP ansible_host, else the host's facts).",
+            )
+        ]
+    return []
+
+
+def broker_setting_errors(host: str, hv: Mapping[str, Any]) -> list[Refusal]:
+    """What the redis role's argument spec cannot say: a memory size Redis reads, ACL rules that
+    stay on their configuration line."""
+    found: list[Refusal] = []
+    if not MEMORY_SIZE.match(str(hv["redis_maxmemory"]).strip()):
+        found.append(
+            (
+                "redis_maxmemory",
+                host,
+                f" is {hv['redis_maxmemory']!r}: Redis reads bytes, or a number with k, kb, m, "
+                "mb, g or gb ('512mb'; '0' for no limit), and would not start.",
+            )
+        )
+    for var in ("redis_acl_celery_rules", "redis_acl_flower_rules"):
+        if kind := control(hv[var]):
+            found.append(
+                (
+                    var,
+                    host,
+                    f" holds {kind}: the rules are one line of Redis's configuration. Separate "
+                    "them with spaces.",
+                )
+            )
+    return found
+
+
 def worker_setting_errors(host: str, hv: Mapping[str, Any]) -> list[Refusal]:
     """What the argument specs cannot say of a worker host's settings: systemd-only settings
     under supervisor (the manager's choices are in roles/celery's spec), a health gate that
@@ -133,6 +191,16 @@ def worker_setting_errors(host: str, hv: Mapping[str, Any]) -> list[Refusal]:
                 "default, fits most apps).",
             )
         )
+    layout = str(hv["celery_workers_layout_name"])
+    if not NAME.match(layout):
+        found.append(
+            (
+                "celery_workers_layout_name",
+                host,
+                f" is {layout!r}: it names the layout in the host's facts and the status table, "
+                f"so it must be {NAME_RULE} (split is the default).",
+            )
+        )
     for old, new in RENAMED.items():
         if old in hv:
             found.append((old, host, f" is set but the toolkit no longer reads it: set {new}."))
@@ -154,11 +222,16 @@ def celery_inventory_errors(groups: Mapping[str, Iterable[str]], settings: Setti
         found += app_name_errors(host, hv)
         found += worker_setting_errors(host, hv)
         found += group_errors(host, hv["celery_workers_groups"])
+    for host in settings:
+        found += address_errors(host, settings[host])
+    for host in brokers:
+        found += broker_setting_errors(host, settings[host])
     found += broker_url_errors(workers, brokers, settings)
+    found += broker_url_errors(flowers, brokers, settings, "flower_broker_url")
     found += flower_port_errors(flowers, brokers, settings)
     needs: dict[str, list[str]] = {}
     for host in brokers:
-        needs.setdefault(host, []).extend(["redis_password", "redis_acl_users"])
+        needs.setdefault(host, []).extend(["redis_password", "redis_acl_users", "redis_admin_user"])
     for host in workers:
         needs.setdefault(host, []).append("celery_app_broker_url")
     for host in flowers:

@@ -217,6 +217,16 @@ def credential_errors(host: str, hv: Mapping[str, Any], names: Iterable[str]) ->
         )
     if "redis_acl_users" in names:
         found += _acl_user_errors(host, hv.get("redis_acl_users"), hv.get("redis_admin_user"))
+    admin = str(hv.get("redis_admin_user"))
+    if "redis_admin_user" in names and (admin == "default" or not ACL_NAME.match(admin)):
+        found.append(
+            (
+                "redis_admin_user",
+                host,
+                f" is {admin!r}: the administrator is a Redis user of its own, a plain word "
+                "(letters, digits, '.', '_' and '-'; not `default`), e.g. admin.",
+            )
+        )
     for var in ("flower_basic_auth_user", "flower_basic_auth_password"):
         if var in names:
             found += _flower_credential_errors(host, var, str(hv.get(var) or ""))
@@ -240,7 +250,7 @@ def celery_credential_errors(hv: Mapping[str, Any], host: str) -> list[str]:
     """Ansible entry point for a role's preflight (redis, flower): the secrets and credentials
     `hv` holds, set and long enough (not a sample value unless celery_toolkit_sandbox) and
     carried by the host's files."""
-    names = [n for n in (*MINIMUM_LENGTH, "redis_acl_users") if n in hv]
+    names = [n for n in (*MINIMUM_LENGTH, "redis_acl_users", "redis_admin_user") if n in hv]
     sandbox = truthy(hv.get("celery_toolkit_sandbox", False))
     secrets = {n: hv[n] for n in names}
     return once(secret_errors(host, secrets, sandbox) + credential_errors(host, hv, names))

@@ -14,8 +14,10 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from ansible_collections.celery_toolkit.stack.plugins.plugin_utils.celery_common import (
+    Refusal,
     binds,
     is_loopback,
+    once,
     truthy,
 )
 
@@ -26,19 +28,27 @@ REDIS_TLS_FILES = ("redis_tls_cert_file", "redis_tls_key_file", "redis_tls_ca_fi
 FLOWER_TLS_FILES = ("flower_tls_cert_file", "flower_tls_key_file")
 
 
-def _file_errors(host: str, hv: Mapping[str, Any], names: Iterable[str], why: str) -> list[str]:
-    errors = []
+def _file_errors(host: str, hv: Mapping[str, Any], names: Iterable[str], why: str) -> list[Refusal]:
+    errors: list[Refusal] = []
     for name in names:
         path = str(hv.get(name) or "")
         if not path:
             errors.append(
-                f"{name} is empty on {host}, but {why}: set it to a PEM file on the controller "
-                "(for a test fleet, playbooks/tls_test_ca.yml makes one)."
+                (
+                    name,
+                    host,
+                    f" is empty, but {why}: set it to a PEM file on the controller (for a test "
+                    "fleet, playbooks/tls_test_ca.yml makes one).",
+                )
             )
         elif not os.path.isfile(path):
             errors.append(
-                f"{name} on {host} names {path}, which is not a file on the controller: fix the "
-                "path (for a test fleet, run playbooks/tls_test_ca.yml first)."
+                (
+                    name,
+                    host,
+                    f" names {path}, which is not a file on the controller: fix the path (for a "
+                    "test fleet, run playbooks/tls_test_ca.yml first).",
+                )
             )
     return errors
 
@@ -54,7 +64,7 @@ def ca_path(hv: Mapping[str, Any]) -> str:
 
 def url_errors(
     name: str, where: str, url: str, hv: Mapping[str, Any], tls: bool | None
-) -> list[str]:
+) -> list[Refusal]:
     """A broker or result-backend URL against the broker's TLS (None: a broker the inventory does
     not manage, whose TLS is unknown)."""
     try:
@@ -69,33 +79,51 @@ def url_errors(
     if parts.scheme == "redis":
         if tls:
             return [
-                f"{name} on {where} uses redis://, but the broker speaks TLS only "
-                f"(redis_tls_enabled): write it as rediss://USER:PASSWORD@HOST:PORT/DB{tail}."
+                (
+                    name,
+                    where,
+                    " uses redis://, but the broker speaks TLS only (redis_tls_enabled): write it "
+                    f"as rediss://USER:PASSWORD@HOST:PORT/DB{tail}.",
+                )
             ]
         return []
     errors = []
     if tls is False:
         errors.append(
-            f"{name} on {where} uses rediss://, but the broker does not speak TLS "
-            "(redis_tls_enabled is false on it): set redis_tls_enabled: true with its "
-            "certificate (README: TLS between the VMs), or use redis://."
+            (
+                name,
+                where,
+                " uses rediss://, but the broker does not speak TLS (redis_tls_enabled is false "
+                "on it): set redis_tls_enabled: true with its certificate (README: TLS between "
+                "the VMs), or use redis://.",
+            )
         )
     if query.get("ssl_cert_reqs", "").lower() not in ("required", "cert_required"):
         errors.append(
-            f"{name} on {where} uses rediss:// without ssl_cert_reqs=required: kombu would then "
-            "accept any certificate (anyone in between could read the traffic). End the URL "
-            f"with {tail}."
+            (
+                name,
+                where,
+                " uses rediss:// without ssl_cert_reqs=required: kombu would then accept any "
+                f"certificate (anyone in between could read the traffic). End the URL with {tail}.",
+            )
         )
     if query.get("ssl_ca_certs") != path:
         errors.append(
-            f"{name} on {where} does not name the CA the toolkit installs ({path}, from "
-            f"celery_app_broker_ca_file): end the URL with {tail}."
+            (
+                name,
+                where,
+                f" does not name the CA the toolkit installs ({path}, from "
+                f"celery_app_broker_ca_file): end the URL with {tail}.",
+            )
         )
     if not hv.get("celery_app_broker_ca_file"):
         errors.append(
-            f"celery_app_broker_ca_file is empty on {where}, but its {name} uses rediss://: set "
-            "it to the CA that signed the broker's certificate, a PEM file on the controller "
-            "(the broker's redis_tls_ca_file)."
+            (
+                "celery_app_broker_ca_file",
+                where,
+                f" is empty, but {name} uses rediss://: set it to the CA that signed the broker's "
+                "certificate, a PEM file on the controller (the broker's redis_tls_ca_file).",
+            )
         )
     return errors
 
@@ -119,7 +147,7 @@ def celery_tls_errors(
 ) -> list[str]:
     """Ansible entry point: every TLS rule of an inventory (`groups` is Ansible's groups,
     `hostvars` each host's settings)."""
-    errors: list[str] = []
+    errors: list[Refusal] = []
     brokers = list(groups.get("broker", []))
     for broker in brokers:
         hv = hostvars[broker]
@@ -142,14 +170,18 @@ def celery_tls_errors(
         cert, key = (hv.get(n) for n in FLOWER_TLS_FILES)
         if not is_loopback(address) and not (cert or key):
             errors.append(
-                f"flower_address on {host} is {address}, beyond loopback, but Flower has no TLS: "
-                "its password and every task's arguments would cross the network in clear. Set "
-                "flower_tls_cert_file and flower_tls_key_file (PEM files on the controller), or "
-                "keep flower_address: 127.0.0.1 and reach Flower through an SSH tunnel."
+                (
+                    "flower_address",
+                    host,
+                    f" is {address}, beyond loopback, but Flower has no TLS: its password and "
+                    "every task's arguments would cross the network in clear. Set "
+                    "flower_tls_cert_file and flower_tls_key_file (PEM files on the controller), "
+                    "or keep flower_address: 127.0.0.1 and reach Flower through an SSH tunnel.",
+                )
             )
         elif cert or key:
             errors += _file_errors(host, hv, FLOWER_TLS_FILES, "Flower's TLS needs both")
-    return errors
+    return once(errors)
 
 
 class FilterModule:
