@@ -415,6 +415,13 @@ CASES = [
         "value of celery_process_manager must be one of: systemd, supervisor, got: runit (on vm2;",
     ),
     (
+        "unknown-process-manager-on-every-host",
+        {"celery_process_manager": "runit"},
+        {},
+        "value of celery_process_manager must be one of: systemd, supervisor, got: runit (on "
+        f"{ALL};",
+    ),
+    (
         "systemd-only-setting-under-supervisor",
         {"celery_process_manager": "supervisor", "celery_app_memory_deny_write_execute": True},
         {},

@@ -143,7 +143,8 @@ def test_loopback_from_a_host_without_redis_is_refused():
     errors = check(f"redis://:{PASSWORD}@127.0.0.1:6379/0", workers=("vm1", "vm2"))
     assert errors == [
         "celery_app_broker_url on vm2 points at 127.0.0.1, the host itself, which runs no Redis "
-        "(it is not in the broker group): use an address a broker host listens on (vm1: 127.0.0.1, ::1)."
+        "(it is not in the broker group): use an address a broker host listens on "
+        "(vm1: 127.0.0.1, ::1)."
     ]
 
 
