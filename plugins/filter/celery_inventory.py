@@ -10,6 +10,7 @@ over as `settings`; no rule here writes a role's default again.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -83,6 +84,7 @@ RULE_VARIABLES = [
     "redis_acl_flower_rules",
     "flower_broker_url",
     "celery_workers_layout_name",
+    "celery_app_requirements",
     "ansible_host",
     "celery_toolkit_sandbox",
 ] + list(RENAMED)
@@ -191,6 +193,17 @@ def worker_setting_errors(host: str, hv: Mapping[str, Any]) -> list[Refusal]:
                 "default, fits most apps).",
             )
         )
+    requirements = str(hv["celery_app_requirements"] or "")
+    if requirements and not os.path.isfile(requirements):
+        found.append(
+            (
+                "celery_app_requirements",
+                host,
+                f" names {requirements}, which is not a file on the controller: give the "
+                "requirements file of the app's source folder, or leave it empty (the folder's "
+                "requirements.txt).",
+            )
+        )
     layout = str(hv["celery_workers_layout_name"])
     if not NAME.match(layout):
         found.append(
@@ -264,7 +277,6 @@ def celery_spec_errors(results: Mapping[str, Iterable[Mapping[str, Any]]]) -> li
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
-            "celery_inventory_errors": celery_inventory_errors,
-            "celery_rule_variables": celery_rule_variables,
-            "celery_spec_errors": celery_spec_errors,
+            f.__name__: f
+            for f in (celery_inventory_errors, celery_rule_variables, celery_spec_errors)
         }

@@ -314,7 +314,6 @@ def celery_group_errors(groups: Iterable[Mapping[str, Any]], host: str) -> list[
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
-            "celery_layout_errors": celery_layout_errors,
-            "celery_app_report_errors": celery_app_report_errors,
-            "celery_group_errors": celery_group_errors,
+            f.__name__: f
+            for f in (celery_layout_errors, celery_app_report_errors, celery_group_errors)
         }

@@ -141,4 +141,4 @@ def celery_app_name_errors(settings: Mapping[str, Any], host: str) -> list[str]:
 
 class FilterModule:
     def filters(self) -> dict[str, Any]:
-        return {"celery_app_name_errors": celery_app_name_errors}
+        return {f.__name__: f for f in (celery_app_name_errors,)}

@@ -127,10 +127,13 @@ def celery_status_ok(results: Iterable[Mapping[str, Any]]) -> bool:
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
-            "celery_route_queue": celery_route_queue,
-            "celery_single_layout": celery_single_layout,
-            "celery_private_addresses": celery_private_addresses,
-            "celery_health_report": celery_health_report,
-            "celery_status_lines": celery_status_lines,
-            "celery_status_ok": celery_status_ok,
+            f.__name__: f
+            for f in (
+                celery_route_queue,
+                celery_single_layout,
+                celery_private_addresses,
+                celery_health_report,
+                celery_status_lines,
+                celery_status_ok,
+            )
         }

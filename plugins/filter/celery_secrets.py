@@ -264,7 +264,4 @@ def celery_environment_errors(environment: Any, host: str = "the first worker") 
 
 class FilterModule:
     def filters(self) -> dict[str, Any]:
-        return {
-            "celery_credential_errors": celery_credential_errors,
-            "celery_environment_errors": celery_environment_errors,
-        }
+        return {f.__name__: f for f in (celery_credential_errors, celery_environment_errors)}

@@ -186,7 +186,4 @@ def celery_tls_errors(
 
 class FilterModule:
     def filters(self) -> dict[str, Any]:
-        return {
-            "celery_tls_errors": celery_tls_errors,
-            "celery_broker_ca_path": celery_broker_ca_path,
-        }
+        return {f.__name__: f for f in (celery_tls_errors, celery_broker_ca_path)}
