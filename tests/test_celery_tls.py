@@ -172,14 +172,15 @@ def test_messages_name_no_secret(pem):
     [
         (
             {"flower_address": "0.0.0.0"},
-            "flower_address on vm1 is 0.0.0.0, beyond loopback, but Flower has no TLS",
+            "flower_address on vm1, vm2 and vm3 is 0.0.0.0, beyond loopback, but Flower has no TLS",
         ),
         (
             {
-                "celery_app_broker_url": "rediss://:a-real-broker-secret-0123456789@127.0.0.1:6379/0"
+                "celery_app_broker_url": "rediss://:a-real-broker-secret-0123456789@10.0.0.1:6379/0"
                 + CA_TAIL
             },
-            "celery_app_broker_url on vm1 uses rediss://, but the broker does not speak TLS",
+            "celery_app_broker_url on vm1, vm2 and vm3 uses rediss://, but the broker does not "
+            "speak TLS",
         ),
     ],
     ids=["flower-beyond-loopback-without-tls", "rediss-to-a-broker-without-tls"],
@@ -188,7 +189,7 @@ def test_deploy_refuses_tls_mistakes_before_any_host(tmp_path, overrides, messag
     """The rules are wired into validate.yml: deploy.yml stops in its first play, saying why."""
     from test_bad_input import VALIDATION_PLAY, deploy, plays, write_inventory
 
-    proc = deploy(write_inventory(tmp_path, overrides, None))
+    proc = deploy(write_inventory(tmp_path, overrides))
     out = re.sub(r"\s+", " ", proc.stdout + proc.stderr)
     assert proc.returncode != 0
     assert message in out, proc.stdout[-3000:]

@@ -228,6 +228,13 @@ def test_the_ansible_entry_point_runs_the_new_rules():
     assert [e.split(" on vm1")[0] for e in errors] == ["celery_app_name", "celery_app_broker_url"]
 
 
+def test_values_of_the_wrong_type_are_left_to_the_argument_spec_not_a_crash():
+    hostvars = fleet(f"redis://:{PASSWORD}@127.0.0.1:6379/0", redis_databases="many")
+    hostvars["vm1"].update(redis_port="six", flower_port="five")
+    assert broker_url_errors(["vm1"], ["vm1"], hostvars) == []
+    assert flower_port_errors(["vm1"], ["vm1"], hostvars) == []
+
+
 def test_flower_cannot_take_the_port_redis_listens_on_on_its_host():
     hostvars = fleet(f"redis://:{PASSWORD}@127.0.0.1:6379/0")
     hostvars["vm1"]["flower_port"] = 6379

@@ -20,6 +20,7 @@ from ansible_collections.celery_toolkit.stack.plugins.plugin_utils.celery_common
     control,
     is_loopback,
     truthy,
+    whole,
 )
 
 Settings = Mapping[str, Mapping[str, Any]]
@@ -112,15 +113,15 @@ def _target(worker: str, address: str, brokers: list[str], settings: Settings) -
 def _endpoint_problems(parts: SplitResult, target: str, hv: Mapping[str, Any]) -> list[str]:
     """The URL's port and database against the Redis of `target`."""
     problems = []
-    port, redis_port = parts.port or URL_DEFAULT_PORT, int(hv["redis_port"])
-    if port != redis_port:
+    port, redis_port = parts.port or URL_DEFAULT_PORT, whole(hv["redis_port"])
+    if redis_port is not None and port != redis_port:
         problems.append(
             f" uses port {port}, but Redis on {target} listens on redis_port {redis_port}: use "
             f"{redis_port} in the URL."
         )
-    databases = int(hv["redis_databases"])
+    databases = whole(hv["redis_databases"])
     db = parts.path.strip("/") or "0"
-    if not db.isdigit() or int(db) >= databases:
+    if databases is not None and (not db.isdigit() or int(db) >= databases):
         problems.append(
             f" names the database {db!r}, but Redis on {target} has databases 0 to "
             f"{databases - 1} (redis_databases): end the URL with /0 (or another of those)."
@@ -207,7 +208,8 @@ def flower_port_errors(
     brokers = list(brokers)
     for host in flowers:
         hv = settings[host]
-        if host in brokers and int(hv["flower_port"]) == int(hv["redis_port"]):
+        port = whole(hv["flower_port"])
+        if host in brokers and port is not None and port == whole(hv["redis_port"]):
             found.append(
                 (
                     "flower_port",

@@ -35,6 +35,7 @@ from ansible_collections.celery_toolkit.stack.plugins.plugin_utils.celery_common
     hosts_phrase,
     once,
     truthy,
+    whole,
 )
 
 Settings = Mapping[str, Mapping[str, Any]]
@@ -183,7 +184,7 @@ def worker_setting_errors(host: str, hv: Mapping[str, Any]) -> list[Refusal]:
             )
         )
     timeout = hv["celery_workers_health_timeout"]
-    if not str(timeout).strip().isdigit() or int(timeout) < 1:
+    if whole(timeout) is not None and whole(timeout) < 1:
         found.append(
             (
                 "celery_workers_health_timeout",

@@ -47,6 +47,15 @@ def truthy(value: Any) -> bool:
     return bool(value)
 
 
+def whole(value: Any) -> int | None:
+    """`value` as a whole number, None when it is none: the argument spec names such a value,
+    a rule that needs the number skips it (a crash inside the validation is a defect)."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def is_loopback(address: str) -> bool:
     return address in LOOPBACK or address.startswith("127.")
 
