@@ -5,6 +5,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from role_settings import fleet
 
 from celery_layout import app_report_errors, celery_app_report_errors
 
@@ -131,11 +132,12 @@ def test_group_listening_to_a_queue_no_task_lands_in():
     ]
 
 
-def test_ansible_entry_point_reads_layout_from_hostvars():
+def test_ansible_entry_point_reads_the_layout_from_each_hosts_settings():
     hostvars = {"vm1": {"celery_workers_groups": LAYOUT["vm1"][:1]}}
-    errors = celery_app_report_errors(REPORT, ["vm1"], hostvars, LAYOUT["vm1"])
+    errors = celery_app_report_errors(REPORT, ["vm1"], fleet(hostvars))
     assert errors and errors[0].startswith("queue 'low' has no consumer")
-    assert celery_app_report_errors(REPORT, ["vm1"], {"vm1": {}}, LAYOUT["vm1"]) == []
+    hostvars = {"vm1": {"celery_workers_groups": LAYOUT["vm1"]}}
+    assert celery_app_report_errors(REPORT, ["vm1"], fleet(hostvars)) == []
 
 
 @pytest.fixture(scope="module")
@@ -203,6 +205,22 @@ def test_group_consuming_a_queue_the_app_does_not_use():
         "celery, mail): fix the queue name in celery_workers_groups."
     )
     assert errors[1].startswith("queue 'mail' has no consumer: the app sends 1 task(s) there")
+
+
+def test_a_typo_in_a_groups_queue_is_refused_with_celery_app_queues_set_too():
+    """The inventory's celery_app_queues (the same as the app's) does not hide a group that
+    consumes a queue the app does not use (issue 19: each check counted on the other)."""
+    layout = {
+        f"vm{n}": [
+            {"name": "main", "queues": ["celery", "mail", "emial_tasks"], "stop_timeout": 300}
+        ]
+        for n in (1, 2, 3)
+    }
+    errors = app_report_errors(DEFAULT_QUEUE_APP, layout, ["celery", "mail"])
+    assert errors == [
+        "worker group 'main' on vm1, vm2 and vm3 consumes 'emial_tasks', not declared by the app "
+        "(its queues: celery, mail): fix the queue name in celery_workers_groups."
+    ]
 
 
 def test_inventory_route_that_disagrees_with_the_app():

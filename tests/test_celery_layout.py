@@ -1,17 +1,16 @@
-"""The layout rules of plugins/filter/celery_layout.py: each rule's pass and fail path."""
+"""The layout rules of plugins/filter/celery_layout.py, the settings rules of
+celery_inventory.py and the runtime helpers of celery_runtime.py: each rule's pass and fail
+path."""
 
 import json
 
 import pytest
+from role_settings import fleet, settings
 
-from celery_layout import (
-    FilterModule,
-    celery_layout_errors,
-    celery_route_queue,
-    celery_single_layout,
-    group_errors,
-    layout_errors,
-)
+from celery_inventory import worker_setting_errors
+from celery_layout import FilterModule, celery_group_errors, celery_layout_errors, layout_errors
+from celery_runtime import FilterModule as RuntimeFilters
+from celery_runtime import celery_route_queue, celery_single_layout
 
 QUEUES = ["high", "default", "low"]
 ROUTES = {"app.notify.*": "high", "app.bg.*": "default", "app.heavy.*": "low"}
@@ -66,7 +65,7 @@ def test_group_without_queues_is_named():
     idle = {**FULL_SPLIT[1], "name": "idle", "queues": []}
     # named once, by the rule on the group's own fields (the role's preflight runs it too)
     assert layout_errors({"vm1": [*SPLIT, idle]}, ["vm1"], QUEUES, ROUTES) == []
-    errors = group_errors("vm1", [*FULL_SPLIT, idle])
+    errors = celery_group_errors([*FULL_SPLIT, idle], "vm1")
     assert errors == [
         "worker group 'idle' on vm1 consumes no queue: give it queues in celery_workers_groups "
         "or remove the group."
@@ -100,15 +99,25 @@ def test_consumers_may_be_spread_over_hosts():
     assert layout_errors(layout, ["vm1"], QUEUES, ROUTES) == []
 
 
-def test_ansible_entry_point_applies_role_defaults():
+def test_ansible_entry_point_reads_each_hosts_settings():
     hostvars = {
-        "vm1": {},  # role defaults: split layout, beat on
+        "vm1": {"celery_workers_groups": SPLIT},  # beat on: the role's default
         "vm2": {"celery_workers_groups": SPLIT[:1], "celery_workers_beat_enabled": "false"},
     }
-    assert celery_layout_errors(["vm1", "vm2"], hostvars, QUEUES, ROUTES, SPLIT) == []
+    assert celery_layout_errors(["vm1", "vm2"], fleet(hostvars), QUEUES, ROUTES) == []
     hostvars["vm2"]["celery_workers_beat_enabled"] = True
-    errors = celery_layout_errors(["vm1", "vm2"], hostvars, QUEUES, ROUTES, SPLIT)
+    errors = celery_layout_errors(["vm1", "vm2"], fleet(hostvars), QUEUES, ROUTES)
     assert errors and "beat is enabled on 2 hosts (vm1, vm2)" in errors[0]
+
+
+def test_a_typo_in_a_groups_queue_is_said_once_for_every_host():
+    layout = {f"vm{n}": [{"name": "fast", "queues": ["high", "hihg"]}, *SPLIT] for n in (1, 2, 3)}
+    errors = layout_errors(layout, ["vm1"], QUEUES, ROUTES)
+    assert errors == [
+        "worker group 'fast' on vm1, vm2 and vm3 consumes 'hihg', not declared by the app "
+        "(celery_app_queues: high, default, low): fix the queue name in celery_workers_groups or "
+        "declare the queue."
+    ]
 
 
 @pytest.mark.parametrize(
@@ -146,13 +155,12 @@ def test_single_layout_needs_a_split_layout_and_queues():
 def test_filters_are_registered():
     assert set(FilterModule().filters()) == {
         "celery_group_errors",
-        "celery_credential_errors",
-        "celery_environment_errors",
         "celery_layout_errors",
+        "celery_app_report_errors",
+    }
+    assert set(RuntimeFilters().filters()) == {
         "celery_route_queue",
         "celery_single_layout",
-        "celery_app_report_errors",
-        "celery_inventory_errors",
         "celery_private_addresses",
         "celery_health_report",
         "celery_status_lines",
@@ -161,7 +169,7 @@ def test_filters_are_registered():
 
 
 def test_private_addresses_prefer_the_inventory_then_facts():
-    from celery_layout import celery_private_addresses
+    from celery_runtime import celery_private_addresses
 
     hostvars = {
         "a": {"celery_private_address": "10.0.0.5", "ansible_facts": {}},
@@ -187,14 +195,14 @@ def test_private_addresses_prefer_the_inventory_then_facts():
 
 @pytest.mark.parametrize("batch", [1, 3, "2", "25%", "100%", [1, "50%", "100%"]])
 def test_rolling_batch_accepts_hosts_percentages_and_lists(batch):
-    from celery_layout import batch_errors
+    from celery_inventory import batch_errors
 
     assert batch_errors(batch) == []
 
 
 @pytest.mark.parametrize("batch", [0, -1, "0%", "150%", "two", True, None, [], [1, 0], 1.5])
 def test_rolling_batch_refuses_what_serial_would_choke_on(batch):
-    from celery_layout import batch_errors
+    from celery_inventory import batch_errors
 
     assert batch_errors(batch) == [
         "celery_deploy_batch must be a number of hosts (1 or more), a percentage from '1%' to "
@@ -204,8 +212,8 @@ def test_rolling_batch_refuses_what_serial_would_choke_on(batch):
 
 
 def test_health_report_names_the_group_its_state_and_its_log():
-    from celery_layout import celery_health_report
     from celery_process import celery_systemd_described
+    from celery_runtime import celery_health_report
 
     state = {
         "item": "worker@mail",
@@ -290,7 +298,7 @@ def test_systemd_description_leaves_out_systemds_job_messages_of_a_crash_loop():
 
 
 def test_status_table_keeps_rows_and_says_why_a_check_gave_none():
-    from celery_layout import celery_status_lines, celery_status_ok
+    from celery_runtime import celery_status_lines, celery_status_ok
 
     good = {"stdout": '{"ok": true, "lines": ["worker fast@vm1 pong queues high"]}', "rc": 0}
     bad = {"stdout": '{"ok": false, "lines": ["probe  low  ran on none   EXPECTED slow"]}'}
@@ -307,28 +315,28 @@ def test_status_table_keeps_rows_and_says_why_a_check_gave_none():
 
 @pytest.mark.parametrize("manager", ["systemd", "supervisor"])
 def test_process_manager_systemd_and_supervisor_are_accepted(manager):
-    from celery_layout import process_manager_errors
-
-    assert process_manager_errors("vm1", {"celery_process_manager": manager}) == []
-    assert process_manager_errors("vm1", {}) == []
-
-
-@pytest.mark.parametrize("manager", ["runit", "Supervisor", "", None])
-def test_process_manager_other_values_are_refused_with_the_fix(manager):
-    from celery_layout import process_manager_errors
-
-    (error,) = process_manager_errors("vm1", {"celery_process_manager": manager})
-    assert error.startswith(f"celery_process_manager is {manager!r} on vm1: set it to 'systemd'")
+    assert worker_setting_errors("vm1", settings(celery_process_manager=manager)) == []
 
 
 def test_supervisor_refuses_a_setting_only_systemd_applies():
-    from celery_layout import process_manager_errors
-
-    hv = {"celery_process_manager": "supervisor", "celery_app_memory_deny_write_execute": True}
-    (error,) = process_manager_errors("vm1", hv)
-    assert "celery_app_memory_deny_write_execute is true on vm1" in error
+    hv = settings(celery_process_manager="supervisor", celery_app_memory_deny_write_execute=True)
+    ((var, host, problem),) = worker_setting_errors("vm1", hv)
+    assert (var, host) == ("celery_app_memory_deny_write_execute", "vm1")
+    assert problem.startswith(" is true, where celery_process_manager is 'supervisor'")
     hv["celery_process_manager"] = "systemd"
-    assert process_manager_errors("vm1", hv) == []
+    assert worker_setting_errors("vm1", hv) == []
+
+
+@pytest.mark.parametrize("timeout", [0, -5, "0"])
+def test_a_health_timeout_below_one_second_is_refused(timeout):
+    ((var, host, problem),) = worker_setting_errors(
+        "vm1", settings(celery_workers_health_timeout=timeout)
+    )
+    assert (var, host) == ("celery_workers_health_timeout", "vm1")
+    assert problem.startswith(f" is {timeout!r}: a worker group would have no time")
+    assert worker_setting_errors("vm1", settings(celery_workers_health_timeout=1)) == []
+    # not a number: the argument spec (type int) names it, the rule does not crash on it
+    assert worker_setting_errors("vm1", settings(celery_workers_health_timeout="soon")) == []
 
 
 def test_supervisor_status_lines_become_states_per_process():
@@ -365,8 +373,8 @@ def test_supervisor_program_names():
 
 
 def test_health_report_under_supervisor_says_what_supervisord_says():
-    from celery_layout import celery_health_report
     from celery_process import celery_supervisor_described
+    from celery_runtime import celery_health_report
 
     status = {"process": "worker@all", "state": "BACKOFF", "detail": "Exited too quickly"}
     described = celery_supervisor_described([(status, {"stdout_lines": ["ImportError: x"]})])
@@ -409,11 +417,13 @@ def test_supervisor_pids_tell_which_programs_did_not_restart():
 
 
 def test_a_renamed_variable_is_refused_naming_its_successor():
-    from celery_layout import renamed_errors
-
-    assert renamed_errors("vm1", {"celery_workers_memory_deny_write_execute": True}) == [
-        "celery_workers_memory_deny_write_execute is set on vm1 but the toolkit no longer reads "
-        "it: set celery_app_memory_deny_write_execute (it now hardens every service of the app, "
-        "Flower too)"
+    hv = settings(celery_workers_memory_deny_write_execute=True)
+    assert worker_setting_errors("vm1", hv) == [
+        (
+            "celery_workers_memory_deny_write_execute",
+            "vm1",
+            " is set but the toolkit no longer reads it: set celery_app_memory_deny_write_execute "
+            "(it now hardens every service of the app, Flower too).",
+        )
     ]
-    assert renamed_errors("vm1", {"celery_app_memory_deny_write_execute": True}) == []
+    assert worker_setting_errors("vm1", settings(celery_app_memory_deny_write_execute=True)) == []

@@ -6,8 +6,9 @@ from __future__ import annotations
 import re
 
 import pytest
+from role_settings import settings
 
-from celery_layout import broker_url_errors
+from celery_broker import broker_url_errors
 from celery_tls import FilterModule, celery_broker_ca_path, celery_tls_errors
 
 CA_TAIL = "?ssl_cert_reqs=required&ssl_ca_certs=/etc/refapp/broker-ca.pem"
@@ -39,7 +40,7 @@ def fleet(pem, broker=None, worker=None):
         "celery_app_broker_ca_file": str(pem / "ca.pem"),
         **(worker or {}),
     }
-    return {"b": b, "w": w}
+    return {"b": settings(**b), "w": settings(**w)}
 
 
 def test_a_sound_tls_fleet_passes(pem):
@@ -110,7 +111,7 @@ def test_result_backend_follows_the_same_rules(pem):
 def test_rediss_without_the_ca_file_is_refused(pem):
     errors = celery_tls_errors(GROUPS, fleet(pem, worker={"celery_app_broker_ca_file": ""}))
     assert errors == [
-        "celery_app_broker_ca_file is empty on w, but its celery_app_broker_url uses rediss://: "
+        "celery_app_broker_ca_file on w is empty, but celery_app_broker_url uses rediss://: "
         "set it to the CA that signed the broker's certificate, a PEM file on the controller "
         "(the broker's redis_tls_ca_file)."
     ]
@@ -122,7 +123,7 @@ def test_tls_broker_without_its_files_is_refused(pem):
         fleet(pem, broker={"redis_tls_key_file": "", "redis_tls_ca_file": str(pem / "nope.pem")}),
     )
     assert errors == [
-        "redis_tls_key_file is empty on b, but redis_tls_enabled is true: set it to a PEM file on "
+        "redis_tls_key_file on b is empty, but redis_tls_enabled is true: set it to a PEM file on "
         "the controller (for a test fleet, playbooks/tls_test_ca.yml makes one).",
         f"redis_tls_ca_file on b names {pem / 'nope.pem'}, which is not a file on the "
         "controller: fix the path (for a test fleet, run playbooks/tls_test_ca.yml first).",
@@ -146,7 +147,7 @@ def test_flower_beyond_loopback_with_tls_passes_and_needs_both_files(pem):
     worker = {"flower_address": "10.0.0.21", "flower_tls_cert_file": str(pem / "w.pem")}
     errors = celery_tls_errors(GROUPS, fleet(pem, worker=worker))
     assert errors == [
-        "flower_tls_key_file is empty on w, but Flower's TLS needs both: set it to a PEM file on "
+        "flower_tls_key_file on w is empty, but Flower's TLS needs both: set it to a PEM file on "
         "the controller (for a test fleet, playbooks/tls_test_ca.yml makes one)."
     ]
     worker["flower_tls_key_file"] = str(pem / "w.key")
@@ -171,14 +172,15 @@ def test_messages_name_no_secret(pem):
     [
         (
             {"flower_address": "0.0.0.0"},
-            "flower_address on vm1 is 0.0.0.0, beyond loopback, but Flower has no TLS",
+            "flower_address on vm1, vm2 and vm3 is 0.0.0.0, beyond loopback, but Flower has no TLS",
         ),
         (
             {
-                "celery_app_broker_url": "rediss://:a-real-broker-secret-0123456789@127.0.0.1:6379/0"
+                "celery_app_broker_url": "rediss://:a-real-broker-secret-0123456789@10.0.0.1:6379/0"
                 + CA_TAIL
             },
-            "celery_app_broker_url on vm1 uses rediss://, but the broker does not speak TLS",
+            "celery_app_broker_url on vm1, vm2 and vm3 uses rediss://, but the broker does not "
+            "speak TLS",
         ),
     ],
     ids=["flower-beyond-loopback-without-tls", "rediss-to-a-broker-without-tls"],
@@ -187,7 +189,7 @@ def test_deploy_refuses_tls_mistakes_before_any_host(tmp_path, overrides, messag
     """The rules are wired into validate.yml: deploy.yml stops in its first play, saying why."""
     from test_bad_input import VALIDATION_PLAY, deploy, plays, write_inventory
 
-    proc = deploy(write_inventory(tmp_path, overrides, None))
+    proc = deploy(write_inventory(tmp_path, overrides))
     out = re.sub(r"\s+", " ", proc.stdout + proc.stderr)
     assert proc.returncode != 0
     assert message in out, proc.stdout[-3000:]

@@ -1,9 +1,19 @@
 """Names that become host resources, and the broker URL against the broker the inventory
-deploys: each rule's pass and fail path (plugins/filter/celery_layout.py)."""
+deploys: each rule's pass and fail path (plugins/filter/celery_names.py, celery_broker.py)."""
 
 import pytest
+from ansible_collections.celery_toolkit.stack.plugins.plugin_utils.celery_common import once
+from role_settings import settings
 
-from celery_layout import app_name_errors, broker_url_errors, celery_inventory_errors
+from celery_broker import broker_url_errors, flower_port_errors
+from celery_inventory import celery_inventory_errors
+from celery_names import celery_app_name_errors
+
+
+def app_name_errors(host, inventory):
+    """The messages for one host whose inventory sets `inventory`."""
+    return celery_app_name_errors(settings(**inventory), host)
+
 
 PASSWORD = "a-real-broker-secret-0123456789"
 
@@ -56,8 +66,8 @@ def test_the_user_is_checked_on_its_own():
         ({"celery_app_config_dir": "/run/shop"}, "emptied at boot"),
         (
             {"celery_app_base_dir": "/srv/shop", "celery_app_config_dir": "/srv/shop/etc"},
-            "celery_app_base_dir (/srv/shop) and celery_app_config_dir (/srv/shop/etc) on vm1 "
-            "must be two separate folders",
+            "celery_app_base_dir and celery_app_config_dir on vm1 are /srv/shop and /srv/shop/etc: "
+            "they must be two separate folders",
         ),
     ],
 )
@@ -92,11 +102,11 @@ def fleet(url, **broker):
         },
         "vm2": {"celery_app_broker_url": url},
     }
-    return hostvars
+    return {host: settings(**hv) for host, hv in hostvars.items()}
 
 
 def check(url, workers=("vm1",), **broker):
-    return broker_url_errors(list(workers), ["vm1"], fleet(url, **broker))
+    return once(broker_url_errors(list(workers), ["vm1"], fleet(url, **broker)))
 
 
 def test_the_sandbox_url_on_the_broker_host_passes():
@@ -132,8 +142,9 @@ def test_a_password_without_its_colon_is_explained():
 def test_loopback_from_a_host_without_redis_is_refused():
     errors = check(f"redis://:{PASSWORD}@127.0.0.1:6379/0", workers=("vm1", "vm2"))
     assert errors == [
-        "celery_app_broker_url on vm2 points at 127.0.0.1, but vm2 runs no Redis (it is not in "
-        "the broker group): use an address a broker host listens on (vm1: 127.0.0.1, ::1)."
+        "celery_app_broker_url on vm2 points at 127.0.0.1, the host itself, which runs no Redis "
+        "(it is not in the broker group): use an address a broker host listens on "
+        "(vm1: 127.0.0.1, ::1)."
     ]
 
 
@@ -200,6 +211,7 @@ def test_urls_that_are_not_the_toolkits_redis_are_refused(url, message):
 
 
 def test_a_broker_the_inventory_does_not_manage_is_not_second_guessed():
+    assert check("redis://:x@redis.internal:6380/4", workers=()) == []
     assert broker_url_errors(["vm1"], [], fleet("redis://:x@redis.internal:6380/4")) == []
 
 
@@ -211,15 +223,34 @@ def test_the_ansible_entry_point_runs_the_new_rules():
         flower_basic_auth_password="a-real-flower-secret-42",
     )
     errors = celery_inventory_errors(
-        {"broker": ["vm1"], "celery_workers": ["vm1"], "flower": ["vm1"]}, hostvars, []
+        {"broker": ["vm1"], "celery_workers": ["vm1"], "flower": ["vm1"]}, hostvars
     )
     assert [e.split(" on vm1")[0] for e in errors] == ["celery_app_name", "celery_app_broker_url"]
 
 
+def test_values_of_the_wrong_type_are_left_to_the_argument_spec_not_a_crash():
+    hostvars = fleet(f"redis://:{PASSWORD}@127.0.0.1:6379/0", redis_databases="many")
+    hostvars["vm1"].update(redis_port="six", flower_port="five")
+    assert broker_url_errors(["vm1"], ["vm1"], hostvars) == []
+    assert flower_port_errors(["vm1"], ["vm1"], hostvars) == []
+
+
+def test_flower_cannot_take_the_port_redis_listens_on_on_its_host():
+    hostvars = fleet(f"redis://:{PASSWORD}@127.0.0.1:6379/0")
+    hostvars["vm1"]["flower_port"] = 6379
+    assert once(flower_port_errors(["vm1"], ["vm1"], hostvars)) == [
+        "flower_port on vm1 is 6379, the port Redis listens on there (redis_port): Flower could "
+        "not start. Give Flower another port (5555 is its own)."
+    ]
+    # another host, or another port: no conflict
+    hostvars["vm2"]["flower_port"] = 6379
+    assert flower_port_errors(["vm2"], ["vm1"], hostvars) == []
+    hostvars["vm1"]["redis_port"] = 6380
+    assert flower_port_errors(["vm1"], ["vm1"], hostvars) == []
+
+
 @pytest.mark.parametrize("name", ["systemd", "user", "getty", "apt", "dbus"])
 def test_app_name_whose_units_prefix_system_units_is_refused(name):
-    from celery_layout import app_name_errors
-
     errors = app_name_errors("vm1", {"celery_app_name": name})
     assert any(
         e.startswith(f"celery_app_name on vm1 is {name!r}: the app's hardening drop-in")

@@ -1,4 +1,4 @@
-"""Every secret accepted byte for byte or refused before any host (plugins/filter/celery_layout.py):
+"""Every secret accepted byte for byte or refused before any host (plugins/filter/celery_secrets.py:
 celery_app_environment's names and values, the Redis and Flower credentials' characters and the
 password as the broker URL carries it. Each rule's pass and fail path; no message holds a secret.
 """
@@ -9,13 +9,10 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from role_settings import settings
 
-from celery_layout import (
-    TOOLKIT_ENV,
-    celery_credential_errors,
-    celery_environment_errors,
-    celery_inventory_errors,
-)
+from celery_inventory import celery_inventory_errors
+from celery_secrets import TOOLKIT_ENV, celery_credential_errors, celery_environment_errors
 
 ROOT = Path(__file__).resolve().parent.parent
 # Django's get_random_secret_key() alphabet, plus a space, both quotes, a backslash and '#'
@@ -38,9 +35,9 @@ def inventory(hosts=("vm1", "vm2", "vm3"), **overrides):
         "celery_app_environment": {},
         **overrides,
     }
-    hostvars = {h: dict(common, ansible_host=h) for h in hosts}
+    hostvars = {h: settings(**common, ansible_host=h) for h in hosts}
     groups = {"broker": ["vm1"], "celery_workers": list(hosts), "flower": list(hosts)}
-    return celery_inventory_errors(groups, hostvars, [])
+    return celery_inventory_errors(groups, hostvars)
 
 
 def test_a_sound_inventory_with_secrets_of_every_printable_character_passes():
@@ -188,6 +185,33 @@ def test_an_acl_users_name_and_password_are_checked():
     assert celery_credential_errors({"redis_acl_users": good}, "vm1") == []
 
 
+@pytest.mark.parametrize("name", ["default", "admin"])
+def test_an_acl_user_cannot_take_the_name_of_default_or_the_administrator(name):
+    users = [{"name": name, "password": "fine-password-0123"}]
+    errors = celery_credential_errors(
+        {"redis_acl_users": users, "redis_admin_user": "admin"}, "vm1"
+    )
+    assert errors == [
+        f"redis_acl_users on vm1 names the user {name!r}: `default` is set by "
+        "redis_default_user_enabled and admin (redis_admin_user) by redis_password. Give the app "
+        "and Flower users of their own."
+    ]
+
+
+def test_secrets_are_set_long_enough_and_not_samples_outside_the_sandbox():
+    """The rule roles' preflights call (redis, flower, celery_app) as validate.yml does."""
+    assert celery_credential_errors({"redis_password": "short"}, "vm1") == [
+        "redis_password on vm1 is too short: set it (at least 16 characters) in the inventory, "
+        "encrypted with ansible-vault."
+    ]
+    sample = {"flower_basic_auth_password": "sandbox-flower-password"}
+    assert celery_credential_errors(sample, "vm1") == [
+        "flower_basic_auth_password on vm1 still holds a sample value: replace it with a real "
+        "secret (and ansible-vault encrypt the file it lives in)."
+    ]
+    assert celery_credential_errors({**sample, "celery_toolkit_sandbox": True}, "vm1") == []
+
+
 def test_a_comma_in_flowers_password_is_refused_once_for_three_hosts():
     errors = inventory(flower_basic_auth_password="a-real,flower-secret-42")
     assert errors == [
@@ -213,7 +237,7 @@ def test_flowers_user_is_one_word_without_comma_or_colon(user, said):
 
 
 def test_flowers_password_may_hold_a_colon_space_and_quotes():
-    hv = {"flower_basic_auth_user": "ops", "flower_basic_auth_password": "p:a s'\"$#"}
+    hv = {"flower_basic_auth_user": "ops", "flower_basic_auth_password": "p:a s'\"$#-long-enough"}
     assert celery_credential_errors(hv, "vm1") == []
 
 

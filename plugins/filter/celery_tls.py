@@ -2,7 +2,8 @@
 
 `celery_tls_errors` returns a list of messages, each naming the variable, the host and the fix;
 an empty list means the inventory's TLS settings hold together. It runs on the controller before
-any host is changed (playbooks/validate.yml) and never prints a secret.
+any host is changed (playbooks/validate.yml) and never prints a secret. Each host's settings are
+the inventory's values, else the roles' defaults (validate.yml's __validate_settings).
 """
 
 from __future__ import annotations
@@ -12,7 +13,14 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
+from ansible_collections.celery_toolkit.stack.plugins.plugin_utils.celery_common import (
+    Refusal,
+    binds,
+    is_loopback,
+    once,
+    truthy,
+)
+
 # The file name of the broker's CA on a worker host, in the app's configuration folder: the
 # celery_app role installs celery_app_broker_ca_file there (through celery_broker_ca_path).
 CA_NAME = "broker-ca.pem"
@@ -20,29 +28,27 @@ REDIS_TLS_FILES = ("redis_tls_cert_file", "redis_tls_key_file", "redis_tls_ca_fi
 FLOWER_TLS_FILES = ("flower_tls_cert_file", "flower_tls_key_file")
 
 
-def _truthy(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
-
-
-def _is_loopback(address: str) -> bool:
-    return address in LOOPBACK or address.startswith("127.")
-
-
-def _file_errors(host: str, hv: Mapping[str, Any], names: Iterable[str], why: str) -> list[str]:
-    errors = []
+def _file_errors(host: str, hv: Mapping[str, Any], names: Iterable[str], why: str) -> list[Refusal]:
+    errors: list[Refusal] = []
     for name in names:
         path = str(hv.get(name) or "")
         if not path:
             errors.append(
-                f"{name} is empty on {host}, but {why}: set it to a PEM file on the controller "
-                "(for a test fleet, playbooks/tls_test_ca.yml makes one)."
+                (
+                    name,
+                    host,
+                    f" is empty, but {why}: set it to a PEM file on the controller (for a test "
+                    "fleet, playbooks/tls_test_ca.yml makes one).",
+                )
             )
         elif not os.path.isfile(path):
             errors.append(
-                f"{name} on {host} names {path}, which is not a file on the controller: fix the "
-                "path (for a test fleet, run playbooks/tls_test_ca.yml first)."
+                (
+                    name,
+                    host,
+                    f" names {path}, which is not a file on the controller: fix the path (for a "
+                    "test fleet, run playbooks/tls_test_ca.yml first).",
+                )
             )
     return errors
 
@@ -53,19 +59,18 @@ def celery_broker_ca_path(config_dir: str) -> str:
 
 
 def ca_path(hv: Mapping[str, Any]) -> str:
-    name = hv.get("celery_app_name", "refapp")
-    return celery_broker_ca_path(str(hv.get("celery_app_config_dir") or f"/etc/{name}"))
+    return celery_broker_ca_path(str(hv["celery_app_config_dir"]))
 
 
 def url_errors(
     name: str, where: str, url: str, hv: Mapping[str, Any], tls: bool | None
-) -> list[str]:
+) -> list[Refusal]:
     """A broker or result-backend URL against the broker's TLS (None: a broker the inventory does
     not manage, whose TLS is unknown)."""
     try:
         parts = urlsplit(url)
     except ValueError:
-        return []  # celery_layout's broker_url_errors names it
+        return []  # celery_broker's broker_url_errors names it
     if parts.scheme not in ("redis", "rediss"):
         return []
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
@@ -74,33 +79,51 @@ def url_errors(
     if parts.scheme == "redis":
         if tls:
             return [
-                f"{name} on {where} uses redis://, but the broker speaks TLS only "
-                f"(redis_tls_enabled): write it as rediss://USER:PASSWORD@HOST:PORT/DB{tail}."
+                (
+                    name,
+                    where,
+                    " uses redis://, but the broker speaks TLS only (redis_tls_enabled): write it "
+                    f"as rediss://USER:PASSWORD@HOST:PORT/DB{tail}.",
+                )
             ]
         return []
     errors = []
     if tls is False:
         errors.append(
-            f"{name} on {where} uses rediss://, but the broker does not speak TLS "
-            "(redis_tls_enabled is false on it): set redis_tls_enabled: true with its "
-            "certificate (README: TLS between the VMs), or use redis://."
+            (
+                name,
+                where,
+                " uses rediss://, but the broker does not speak TLS (redis_tls_enabled is false "
+                "on it): set redis_tls_enabled: true with its certificate (README: TLS between "
+                "the VMs), or use redis://.",
+            )
         )
     if query.get("ssl_cert_reqs", "").lower() not in ("required", "cert_required"):
         errors.append(
-            f"{name} on {where} uses rediss:// without ssl_cert_reqs=required: kombu would then "
-            "accept any certificate (anyone in between could read the traffic). End the URL "
-            f"with {tail}."
+            (
+                name,
+                where,
+                " uses rediss:// without ssl_cert_reqs=required: kombu would then accept any "
+                f"certificate (anyone in between could read the traffic). End the URL with {tail}.",
+            )
         )
     if query.get("ssl_ca_certs") != path:
         errors.append(
-            f"{name} on {where} does not name the CA the toolkit installs ({path}, from "
-            f"celery_app_broker_ca_file): end the URL with {tail}."
+            (
+                name,
+                where,
+                f" does not name the CA the toolkit installs ({path}, from "
+                f"celery_app_broker_ca_file): end the URL with {tail}.",
+            )
         )
     if not hv.get("celery_app_broker_ca_file"):
         errors.append(
-            f"celery_app_broker_ca_file is empty on {where}, but its {name} uses rediss://: set "
-            "it to the CA that signed the broker's certificate, a PEM file on the controller "
-            "(the broker's redis_tls_ca_file)."
+            (
+                "celery_app_broker_ca_file",
+                where,
+                f" is empty, but {name} uses rediss://: set it to the CA that signed the broker's "
+                "certificate, a PEM file on the controller (the broker's redis_tls_ca_file).",
+            )
         )
     return errors
 
@@ -113,22 +136,22 @@ def _broker_of(url: str, brokers: list[str], hostvars: Mapping[str, Mapping[str,
         return ""
     for broker in brokers:
         hv = hostvars[broker]
-        binds = [str(a).lstrip("-") for a in hv.get("redis_bind_addresses", [])]
-        names = (broker, str(hv.get("ansible_host", broker)), str(hv.get("celery_private_address")))
-        if address in binds or address in names:
+        names = (broker, str(hv.get("ansible_host", broker)), str(hv["celery_private_address"]))
+        if address in binds(hv) or address in names:
             return broker
-    return brokers[0] if len(brokers) == 1 and _is_loopback(address) else ""
+    return brokers[0] if len(brokers) == 1 and is_loopback(address) else ""
 
 
 def celery_tls_errors(
     groups: Mapping[str, Iterable[str]], hostvars: Mapping[str, Mapping[str, Any]]
 ) -> list[str]:
-    """Ansible entry point: every TLS rule of an inventory (`groups` is Ansible's groups)."""
-    errors: list[str] = []
+    """Ansible entry point: every TLS rule of an inventory (`groups` is Ansible's groups,
+    `hostvars` each host's settings)."""
+    errors: list[Refusal] = []
     brokers = list(groups.get("broker", []))
     for broker in brokers:
         hv = hostvars[broker]
-        if _truthy(hv.get("redis_tls_enabled", False)):
+        if truthy(hv["redis_tls_enabled"]):
             errors += _file_errors(broker, hv, REDIS_TLS_FILES, "redis_tls_enabled is true")
     for worker in groups.get("celery_workers", []):
         hv = hostvars[worker]
@@ -137,29 +160,30 @@ def celery_tls_errors(
             if not url:
                 continue
             broker = _broker_of(url, brokers, hostvars)
-            tls = _truthy(hostvars[broker].get("redis_tls_enabled", False)) if broker else None
+            tls = truthy(hostvars[broker]["redis_tls_enabled"]) if broker else None
             errors += url_errors(name, worker, url, hv, tls)
         if hv.get("celery_app_broker_ca_file"):
             errors += _file_errors(worker, hv, ["celery_app_broker_ca_file"], "it is set")
     for host in groups.get("flower", []):
         hv = hostvars[host]
-        address = str(hv.get("flower_address", "127.0.0.1"))
+        address = str(hv["flower_address"])
         cert, key = (hv.get(n) for n in FLOWER_TLS_FILES)
-        if not _is_loopback(address) and not (cert or key):
+        if not is_loopback(address) and not (cert or key):
             errors.append(
-                f"flower_address on {host} is {address}, beyond loopback, but Flower has no TLS: "
-                "its password and every task's arguments would cross the network in clear. Set "
-                "flower_tls_cert_file and flower_tls_key_file (PEM files on the controller), or "
-                "keep flower_address: 127.0.0.1 and reach Flower through an SSH tunnel."
+                (
+                    "flower_address",
+                    host,
+                    f" is {address}, beyond loopback, but Flower has no TLS: its password and "
+                    "every task's arguments would cross the network in clear. Set "
+                    "flower_tls_cert_file and flower_tls_key_file (PEM files on the controller), "
+                    "or keep flower_address: 127.0.0.1 and reach Flower through an SSH tunnel.",
+                )
             )
         elif cert or key:
             errors += _file_errors(host, hv, FLOWER_TLS_FILES, "Flower's TLS needs both")
-    return errors
+    return once(errors)
 
 
 class FilterModule:
     def filters(self) -> dict[str, Any]:
-        return {
-            "celery_tls_errors": celery_tls_errors,
-            "celery_broker_ca_path": celery_broker_ca_path,
-        }
+        return {f.__name__: f for f in (celery_tls_errors, celery_broker_ca_path)}

@@ -1,0 +1,228 @@
+"""The broker URL's rules: celery_app_broker_url must reach a broker host of the inventory where
+its Redis listens (address, port, database) and log in as a user that Redis will have; Flower
+must not take the port Redis listens on. Never prints a secret.
+
+The broker's settings (redis_port, redis_databases, redis_bind_addresses...) are read from each
+broker host's settings, the inventory's else the redis role's defaults (validate.yml).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import SplitResult, unquote, urlsplit
+
+from ansible_collections.celery_toolkit.stack.plugins.plugin_utils.celery_common import (
+    URL_ENCODE,
+    Refusal,
+    binds,
+    control,
+    is_loopback,
+    truthy,
+    whole,
+)
+
+Settings = Mapping[str, Mapping[str, Any]]
+FORM = "redis://:PASSWORD@HOST:PORT/DB (or redis://USER:PASSWORD@HOST:PORT/DB)"
+# Characters that end or split a broker URL's parts when a password holds them as they are
+# (kombu splits the URL on ';' into failover brokers); '%' starts an escape that kombu decodes.
+URL_RESERVED = "/?#@; "
+# The port a URL without one names (Redis's own, whatever redis_port says).
+URL_DEFAULT_PORT = 6379
+ANY_ADDRESS = ("0.0.0.0", "*", "::")
+
+
+def _passwords(brokers: Iterable[str], settings: Settings) -> set[str]:
+    """Every password the inventory gives the brokers' Redis users (default and ACL users)."""
+    found = set()
+    for broker in brokers:
+        hv = settings[broker]
+        users = hv["redis_acl_users"]
+        found |= {str(u.get("password")) for u in users or [] if isinstance(u, Mapping)}
+        found.add(str(hv["redis_password"] or ""))
+    return found - {"", "None"}
+
+
+def _unencoded_password(url: str, passwords: set[str]) -> str:
+    """Why the broker URL cannot carry its password as written ("" when it can): a control
+    character anywhere, or a password not URL-encoded. The password as written is what lies
+    between the first ':' after '//' and the last '@' (kombu and urlsplit split there too)."""
+    if kind := control(url):
+        return (
+            f" holds {kind}: no URL and no environment file carries one. Remove it (a password "
+            f"goes into the URL percent-encoded: {URL_ENCODE})."
+        )
+    userinfo, at, _ = url.partition("://")[2].rpartition("@")
+    written = userinfo.partition(":")[2] if at else ""
+    if (
+        any(char in written for char in URL_RESERVED)
+        or re.search(r"%(?![0-9A-Fa-f]{2})", written)
+        or (written in passwords and unquote(written) != written)
+    ):
+        return (
+            " carries its password without URL-encoding: written as it is, a password ends "
+            "the URL's parts at '/', '?', '#', '@', ';' or a space, and its '%' starts an "
+            f"escape. Write redis://:{URL_ENCODE}@HOST:PORT/DB (or USER:... for an ACL user; "
+            "Jinja's urlencode leaves '/' as it is)."
+        )
+    return ""
+
+
+def _parse(url: str, passwords: set[str]) -> tuple[SplitResult | None, str]:
+    """The URL's parts, or why the broker client could not read it."""
+    if problem := _unencoded_password(url, passwords):
+        return None, problem
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError on a port that is no number)
+    except ValueError:
+        return None, f" is not a URL the broker client can read: write it as {FORM}."
+    if parts.scheme not in ("redis", "rediss"):  # rediss: TLS, checked by celery_tls.py
+        return None, (
+            f" uses the scheme {parts.scheme or '(none)'!r}: the toolkit's broker is the Redis it "
+            f"deploys on the broker group, reached as {FORM}."
+        )
+    return parts, ""
+
+
+def _target(worker: str, address: str, brokers: list[str], settings: Settings) -> tuple[str, str]:
+    """The broker host a URL's address reaches from `worker`, or why none does."""
+    if is_loopback(address):
+        if worker in brokers:
+            return worker, ""
+        listening = "; ".join(f"{b}: {', '.join(binds(settings[b]))}" for b in brokers)
+        return "", (
+            f" points at {address}, the host itself, which runs no Redis (it is not in the "
+            f"broker group): use an address a broker host listens on ({listening})."
+        )
+    for broker in brokers:
+        hv = settings[broker]
+        names = (broker, str(hv.get("ansible_host", broker)))
+        listens_everywhere = any(a in ANY_ADDRESS for a in binds(hv))
+        if address in binds(hv) or (address in names and listens_everywhere):
+            return broker, ""
+    listening = "; ".join(f"{b}: {', '.join(binds(settings[b]))}" for b in brokers)
+    return "", (
+        f" points at {address}, where no broker host listens (redis_bind_addresses: {listening}): "
+        f"put one of those addresses in the URL, or add {address} to the broker's "
+        "redis_bind_addresses."
+    )
+
+
+def _endpoint_problems(parts: SplitResult, target: str, hv: Mapping[str, Any]) -> list[str]:
+    """The URL's port and database against the Redis of `target`."""
+    problems = []
+    port, redis_port = parts.port or URL_DEFAULT_PORT, whole(hv["redis_port"])
+    if redis_port is not None and port != redis_port:
+        problems.append(
+            f" uses port {port}, but Redis on {target} listens on redis_port {redis_port}: use "
+            f"{redis_port} in the URL."
+        )
+    databases = whole(hv["redis_databases"])
+    db = parts.path.strip("/") or "0"
+    if databases is not None and (not db.isdigit() or int(db) >= databases):
+        problems.append(
+            f" names the database {db!r}, but Redis on {target} has databases 0 to "
+            f"{databases - 1} (redis_databases): end the URL with /0 (or another of those)."
+        )
+    return problems
+
+
+def _login_problem(parts: SplitResult, target: str, hv: Mapping[str, Any]) -> str:
+    """Whether Redis on `target` will have the user the URL logs in as, with that password."""
+    if parts.username and parts.password is None:
+        return (
+            " has a secret before '@' but no ':' in front of it, so Redis would read it as a "
+            "user name (and print it in errors): write redis://:SECRET@HOST:PORT/DB."
+        )
+    user = unquote(parts.username or "") or "default"
+    password = unquote(parts.password or "")
+    if user == "default":
+        if not truthy(hv["redis_default_user_enabled"]):
+            return (
+                f" logs in as Redis's default user, which is off on {target} "
+                "(redis_default_user_enabled: false; redis_password is the admin user's): log in "
+                "as the app's own user of redis_acl_users, redis://USER:PASSWORD@HOST:PORT/DB "
+                "(the password URL-encoded), or set redis_default_user_enabled: true for the "
+                "broker."
+            )
+        expected = hv["redis_password"]
+        if expected and password != str(expected):
+            return (
+                " authenticates as Redis's default user with a password that is not "
+                f"redis_password of {target}: write the URL as redis://:{URL_ENCODE}@HOST:PORT/DB, "
+                "or as a user of redis_acl_users."
+            )
+        return ""
+    users = {str(u.get("name")): u for u in hv["redis_acl_users"] or [] if isinstance(u, Mapping)}
+    if user not in users:
+        return (
+            f" authenticates as the Redis user {user!r}, which is not in redis_acl_users of "
+            f"{target} (users: {', '.join(sorted(users)) or 'none'}): add it there, or use "
+            "redis://:PASSWORD@... with redis_password for the default user."
+        )
+    if password != str(users[user].get("password", "")):
+        return (
+            f" authenticates as the Redis user {user!r} with a password that is not the one "
+            f"redis_acl_users gives {user!r} on {target}: use that password (URL-encoded) in the "
+            "URL."
+        )
+    return ""
+
+
+def broker_url_errors(
+    workers: Iterable[str],
+    brokers: Iterable[str],
+    settings: Settings,
+    var: str = "celery_app_broker_url",
+) -> list[Refusal]:
+    """The broker URL `var` of each host of `workers` (celery_app_broker_url of the worker
+    hosts, flower_broker_url of the Flower hosts): readable, towards a broker host where Redis
+    listens, on its port and one of its databases, as a user with its password."""
+    found: list[Refusal] = []
+    brokers = list(brokers)
+    passwords = _passwords(brokers, settings)
+    for worker in workers:
+        url = settings[worker][var]
+        if not url:
+            continue  # secret_errors names an empty celery_app_broker_url
+        parts, problem = _parse(str(url), passwords)
+        target = ""
+        if parts and brokers:  # no broker in the inventory: one it does not manage
+            target, problem = _target(worker, parts.hostname or "localhost", brokers, settings)
+        problems = [problem] if problem else []
+        if target:
+            problems += _endpoint_problems(parts, target, settings[target])
+            if login := _login_problem(parts, target, settings[target]):
+                problems.append(login)
+        found += [(var, worker, p) for p in problems]
+    return found
+
+
+def flower_port_errors(
+    flowers: Iterable[str], brokers: Iterable[str], settings: Settings
+) -> list[Refusal]:
+    """Flower and Redis on one host cannot listen on the same port."""
+    found: list[Refusal] = []
+    brokers = list(brokers)
+    for host in flowers:
+        hv = settings[host]
+        port = whole(hv["flower_port"])
+        if host in brokers and port is not None and port == whole(hv["redis_port"]):
+            found.append(
+                (
+                    "flower_port",
+                    host,
+                    f" is {hv['flower_port']}, the port Redis listens on there (redis_port): "
+                    "Flower could not start. Give Flower another port (5555 is its own).",
+                )
+            )
+    return found
+
+
+class FilterModule:
+    """No filter of its own: celery_inventory_errors (celery_inventory.py) runs these rules."""
+
+    def filters(self) -> dict[str, Any]:
+        return {}

@@ -1,0 +1,283 @@
+"""The inventory's rules, run together by playbooks/validate.yml before any host is changed:
+`celery_inventory_errors` returns one message per refusal, naming every host it concerns
+("on vm1, vm2 and vm3") and the fix, however many hosts share the value.
+
+Each host's settings are the inventory's values, else the roles' defaults: validate.yml notes
+them per host (`__validate_settings`, the names `celery_rule_variables` picks) and hands them
+over as `settings`; no rule here writes a role's default again.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ansible_collections.celery_toolkit.stack.plugins.filter.celery_broker import (
+    broker_url_errors,
+    flower_port_errors,
+)
+from ansible_collections.celery_toolkit.stack.plugins.filter.celery_layout import group_errors
+from ansible_collections.celery_toolkit.stack.plugins.filter.celery_names import app_name_errors
+from ansible_collections.celery_toolkit.stack.plugins.filter.celery_secrets import (
+    credential_errors,
+    environment_errors,
+    result_backend_errors,
+    secret_errors,
+)
+from ansible_collections.celery_toolkit.stack.plugins.plugin_utils.celery_common import (
+    NAME,
+    NAME_RULE,
+    Refusal,
+    control,
+    hosts_phrase,
+    once,
+    truthy,
+    whole,
+)
+
+Settings = Mapping[str, Mapping[str, Any]]
+# Variables an earlier version of the toolkit read, and the ones that replaced them: an
+# inventory that still sets one would silently lose its effect.
+RENAMED = {
+    "celery_workers_memory_deny_write_execute": "celery_app_memory_deny_write_execute (it now "
+    "hardens every service of the app, Flower too)",
+}
+# What the rules read of each host (role variables and the inventory's own), by owner.
+RULE_VARIABLES = [
+    "celery_app_name",
+    "celery_app_user",
+    "celery_app_group",
+    "celery_app_base_dir",
+    "celery_app_config_dir",
+    "celery_process_manager",
+    "celery_deploy_batch",
+    "celery_private_address",
+    "celery_app_broker_url",
+    "celery_app_result_backend",
+    "celery_app_environment",
+    "celery_app_memory_deny_write_execute",
+    "celery_app_broker_ca_file",
+    "celery_workers_groups",
+    "celery_workers_beat_enabled",
+    "celery_workers_health_timeout",
+    "flower_address",
+    "flower_port",
+    "flower_basic_auth_user",
+    "flower_basic_auth_password",
+    "flower_tls_cert_file",
+    "flower_tls_key_file",
+    "redis_password",
+    "redis_acl_users",
+    "redis_port",
+    "redis_databases",
+    "redis_bind_addresses",
+    "redis_default_user_enabled",
+    "redis_tls_enabled",
+    "redis_tls_cert_file",
+    "redis_tls_key_file",
+    "redis_tls_ca_file",
+    "redis_admin_user",
+    "redis_maxmemory",
+    "redis_acl_celery_rules",
+    "redis_acl_flower_rules",
+    "flower_broker_url",
+    "celery_workers_layout_name",
+    "celery_app_requirements",
+    "ansible_host",
+    "celery_toolkit_sandbox",
+] + list(RENAMED)
+
+
+def celery_rule_variables(defined: Iterable[str]) -> list[str]:
+    """Of the variables `defined` for a host (ansible.builtin.varnames), those the rules read."""
+    defined = set(defined)
+    return [name for name in RULE_VARIABLES if name in defined]
+
+
+def batch_errors(value: Any) -> list[str]:
+    """celery_deploy_batch becomes the rolling play's `serial`: hosts (>= 1) or a percentage, or
+    a list of those (growing batches). A bad value would fail only when that play starts, after
+    the broker play has run."""
+    for item in value if isinstance(value, list) and value else [value]:
+        text = str(item).strip()
+        if isinstance(item, bool) or not re.fullmatch(r"[0-9]+%?", text):
+            break
+        number = int(text.rstrip("%"))
+        if number < 1 or (text.endswith("%") and number > 100):
+            break
+    else:
+        return []
+    return [
+        f"celery_deploy_batch must be a number of hosts (1 or more), a percentage from '1%' to "
+        f"'100%', or a list of those; got {value!r}: set it in group_vars/all (1 = one host at "
+        "a time, the safest rolling restart)"
+    ]
+
+
+# Redis's memory sizes: bytes, or a number with k, kb, m, mb, g or gb (any case).
+MEMORY_SIZE = re.compile(r"^[0-9]+([kmg]b?)?$", re.IGNORECASE)
+
+
+def address_errors(host: str, hv: Mapping[str, Any]) -> list[Refusal]:
+    """celery_private_address is an IP address (Redis binds it, nftables admits it)."""
+    address = str(hv.get("celery_private_address") or "")
+    try:
+        if address:
+            ipaddress.ip_address(address)
+    except ValueError:
+        return [
+            (
+                "celery_private_address",
+                host,
+                f" is {address!r}, not an IP address: Redis binds it and the broker's firewall "
+                "admits it. Give the host's address on the network between the VMs (10.0.0.5), "
+                "or leave it empty (an IP ansible_host, else the host's facts).",
+            )
+        ]
+    return []
+
+
+def broker_setting_errors(host: str, hv: Mapping[str, Any]) -> list[Refusal]:
+    """What the redis role's argument spec cannot say: a memory size Redis reads, ACL rules that
+    stay on their configuration line."""
+    found: list[Refusal] = []
+    if not MEMORY_SIZE.match(str(hv["redis_maxmemory"]).strip()):
+        found.append(
+            (
+                "redis_maxmemory",
+                host,
+                f" is {hv['redis_maxmemory']!r}: Redis reads bytes, or a number with k, kb, m, "
+                "mb, g or gb ('512mb'; '0' for no limit), and would not start.",
+            )
+        )
+    for var in ("redis_acl_celery_rules", "redis_acl_flower_rules"):
+        if kind := control(hv[var]):
+            found.append(
+                (
+                    var,
+                    host,
+                    f" holds {kind}: the rules are one line of Redis's configuration. Separate "
+                    "them with spaces.",
+                )
+            )
+    return found
+
+
+def worker_setting_errors(host: str, hv: Mapping[str, Any]) -> list[Refusal]:
+    """What the argument specs cannot say of a worker host's settings: systemd-only settings
+    under supervisor (the manager's choices are in roles/celery's spec), a health gate that
+    waits at least a second, no variable the toolkit no longer reads."""
+    found: list[Refusal] = []
+    if hv["celery_process_manager"] == "supervisor" and truthy(
+        hv["celery_app_memory_deny_write_execute"]
+    ):
+        found.append(
+            (
+                "celery_app_memory_deny_write_execute",
+                host,
+                " is true, where celery_process_manager is 'supervisor': it is a systemd setting "
+                "(MemoryDenyWriteExecute=) that supervisord cannot apply; use systemd on that "
+                "host, or set it to false.",
+            )
+        )
+    timeout = hv["celery_workers_health_timeout"]
+    if whole(timeout) is not None and whole(timeout) < 1:
+        found.append(
+            (
+                "celery_workers_health_timeout",
+                host,
+                f" is {timeout!r}: a worker group would have no time to answer its first ping "
+                "after a start, and every deploy would fail. Give it at least 1 second (60, the "
+                "default, fits most apps).",
+            )
+        )
+    requirements = str(hv["celery_app_requirements"] or "")
+    if requirements and not os.path.isfile(requirements):
+        found.append(
+            (
+                "celery_app_requirements",
+                host,
+                f" names {requirements}, which is not a file on the controller: give the "
+                "requirements file of the app's source folder, or leave it empty (the folder's "
+                "requirements.txt).",
+            )
+        )
+    layout = str(hv["celery_workers_layout_name"])
+    if not NAME.match(layout):
+        found.append(
+            (
+                "celery_workers_layout_name",
+                host,
+                f" is {layout!r}: it names the layout in the host's facts and the status table, "
+                f"so it must be {NAME_RULE} (split is the default).",
+            )
+        )
+    for old, new in RENAMED.items():
+        if old in hv:
+            found.append((old, host, f" is set but the toolkit no longer reads it: set {new}."))
+    return found
+
+
+def celery_inventory_errors(groups: Mapping[str, Iterable[str]], settings: Settings) -> list[str]:
+    """Ansible entry point: every rule of the inventory's settings (`groups` is Ansible's
+    groups: broker, celery_workers, flower)."""
+    workers = list(groups.get("celery_workers", []))
+    brokers = list(groups.get("broker", []))
+    flowers = list(groups.get("flower", []))
+    errors: list[str] = []
+    if workers:
+        errors += batch_errors(settings[workers[0]]["celery_deploy_batch"])
+    found: list[Refusal] = []
+    for host in workers:
+        hv = settings[host]
+        found += app_name_errors(host, hv)
+        found += worker_setting_errors(host, hv)
+        found += group_errors(host, hv["celery_workers_groups"])
+    for host in settings:
+        found += address_errors(host, settings[host])
+    for host in brokers:
+        found += broker_setting_errors(host, settings[host])
+    found += broker_url_errors(workers, brokers, settings)
+    found += broker_url_errors(flowers, brokers, settings, "flower_broker_url")
+    found += flower_port_errors(flowers, brokers, settings)
+    needs: dict[str, list[str]] = {}
+    for host in brokers:
+        needs.setdefault(host, []).extend(["redis_password", "redis_acl_users", "redis_admin_user"])
+    for host in workers:
+        needs.setdefault(host, []).append("celery_app_broker_url")
+    for host in flowers:
+        needs.setdefault(host, []).extend(["flower_basic_auth_user", "flower_basic_auth_password"])
+    for host, names in needs.items():
+        hv = settings[host]
+        sandbox = truthy(hv.get("celery_toolkit_sandbox", False))
+        found += secret_errors(host, {n: hv[n] for n in names}, sandbox)
+        found += credential_errors(host, hv, names)
+    for host in workers:
+        found += environment_errors(host, settings[host]["celery_app_environment"])
+        found += result_backend_errors(host, settings[host]["celery_app_result_backend"])
+    return errors + once(found)
+
+
+def celery_spec_errors(results: Mapping[str, Iterable[Mapping[str, Any]]]) -> list[str]:
+    """validate_argument_spec's results per host (a loop over the host's roles) -> one message
+    per error, naming every host it is found on and the role whose README lists the variable."""
+    hosts: dict[tuple[str, str], list[str]] = {}
+    for host, loop in results.items():
+        for result in loop or []:
+            for error in result.get("argument_errors") or []:
+                hosts.setdefault((str(error), str(result.get("item"))), []).append(host)
+    return [
+        f"{error} (on {hosts_phrase(where)}; roles/{role}/README.md lists the variable)"
+        for (error, role), where in hosts.items()
+    ]
+
+
+class FilterModule:
+    def filters(self) -> dict[str, Any]:
+        return {
+            f.__name__: f
+            for f in (celery_inventory_errors, celery_rule_variables, celery_spec_errors)
+        }
