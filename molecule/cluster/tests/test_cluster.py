@@ -14,19 +14,13 @@ import pytest
 import yaml
 
 from celery_quote import redis_config_quote
+from load import SEND
 from playbook_runner import LEDGER, ROOT, record_figure, run_playbook, wait_until_ran
 
 BROKER = "172.30.77.10"
 RUN = uuid.uuid4().hex[:8]  # tokens and settings unique to this run: the tests can run again
 WORKERS = ["cluster-fast-1", "cluster-fast-2", "cluster-slow-1"]
 
-LOAD = """
-import sys
-from refapp.tasks.ledger import record_fast
-prefix, n, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-for i in range(n):
-    record_fast.delay(f"{prefix}-{i}", seconds)
-"""
 # As the app, over TLS with its own URL (its ACL user): AUTH must succeed (the PING) before the
 # refusals count; Redis is TLS-only, so every command here went over TLS.
 DANGEROUS = """
@@ -252,7 +246,7 @@ def test_a_change_on_one_host_switches_and_restarts_that_host_only(tmp_path):
 
 def test_stopping_a_whole_fast_host_mid_load_loses_no_task():
     n = 200
-    as_app("cluster-fast-1", LOAD, f"vmdown-{RUN}", str(n), "0.1")
+    as_app("cluster-fast-1", SEND, f"vmdown-{RUN}", str(n), "0.1")
     time.sleep(2)  # both fast hosts are busy
     before = ledger(f"vmdown-{RUN}")
     started = time.monotonic()
