@@ -7,12 +7,14 @@ The user's project has its own ansible.cfg, inventory (this scenario's hosts and
 playbook; the only collections it sees are the installed one and the `ansible` package's (never
 this checkout's collections/ link, roles/ or ansible.cfg). The wheelhouse cache is the role's
 default, the user's cache folder ($XDG_CACHE_HOME, here a folder of the test), and nothing is
-written into the installed collection.
+written into the installed collection. That cache starts empty: building the wheelhouse into it
+is a real change (on the controller), made by a first run of the user's wheelhouse play without
+--check; the --check run of the whole playbook must then report changed=0 on every host.
 
 The git URL names the checkout's HEAD commit, so the test installs what is committed (a CI clone
 is clean); it refuses to run on a work tree whose collection files differ from HEAD, which it
 would not be testing. Runs before the other tests (file order), with the host as converge left
-it, and changes nothing.
+it, and changes nothing on it.
 """
 
 import json
@@ -29,10 +31,10 @@ from playbook_runner import ROOT
 GALAXY = yaml.safe_load((ROOT / "galaxy.yml").read_text())
 FQCN = f"{GALAXY['namespace']}.{GALAXY['name']}"
 
-# A user's own playbook: the roles by their full names, composed as deploy.yml composes them
+# A user's own playbooks: the roles by their full names, composed as deploy.yml composes them
 # (the wheelhouse once on the controller, the broker, then on each worker host the app's checks,
 # staging and switch, its worker groups and Flower).
-PLAYBOOK = f"""---
+WHEELHOUSE = f"""---
 - name: Build the app's wheelhouses on the controller
   hosts: celery_workers
   gather_facts: true
@@ -41,6 +43,10 @@ PLAYBOOK = f"""---
       ansible.builtin.include_role:
         name: {FQCN}.celery_app
         tasks_from: wheelhouse
+"""
+PLAYBOOK = f"""---
+- name: Build the app's wheelhouses
+  ansible.builtin.import_playbook: wheelhouse.yml
 
 - name: Run the broker
   hosts: broker
@@ -174,6 +180,7 @@ def project(tmp_path_factory, host):
     (project / "inventory/group_vars").mkdir(parents=True)
     (project / "inventory/hosts.yml").write_text(yaml.safe_dump(inventory))
     (project / "inventory/group_vars/all.yml").write_text(yaml.safe_dump(variables))
+    (project / "wheelhouse.yml").write_text(WHEELHOUSE)
     (project / "deploy.yml").write_text(PLAYBOOK)
 
     commit = subprocess.run(
@@ -199,6 +206,23 @@ def test_the_user_sees_the_installed_collection_only(project):
     assert not (installed / "molecule").exists() and not (installed / ".cache").exists()
 
 
+def test_the_wheelhouse_is_built_into_the_users_cache_not_into_the_collection(project):
+    """The user's controller has never built this app: its cache ($XDG_CACHE_HOME) is empty.
+    The build is a real change, on the controller (the wheelhouse entry point reports it), so it
+    runs here for real, as a user's first deploy would; the --check run below then meets the
+    wheelhouse in the cache, as every later deploy of the same app does."""
+    installed = project / "collections/ansible_collections" / FQCN.replace(".", "/")
+    before = snapshot(installed)
+    proc = run(["ansible-playbook", "wheelhouse.yml"], project)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    assert [t.split(" changed:")[0] for t in changed_tasks(proc.stdout)] == [
+        f"TASK [{FQCN}.celery_app : Ensure a wheelhouse exists for each Python version and "
+        "architecture of the hosts]"
+    ], proc.stdout[-3000:]
+    assert list((project / "cache/celery-toolkit/wheelhouse").glob("py*.tar"))
+    assert snapshot(installed) == before
+
+
 def test_the_users_playbook_with_the_collections_roles_changes_nothing_on_a_converged_fleet(
     project,
 ):
@@ -221,6 +245,4 @@ def test_the_users_playbook_with_the_collections_roles_changes_nothing_on_a_conv
             changed_tasks(proc.stdout),
             proc.stdout[-4000:],
         )
-    # the wheelhouse went to the user's cache folder, nothing into the installed collection
-    assert list((project / "cache/celery-toolkit/wheelhouse").glob("py*.tar"))
     assert snapshot(installed) == before
