@@ -33,6 +33,8 @@ SOUND = {
     "celery_app_broker_url": "redis://:a-real-broker-secret-0123456789@10.0.0.1:6379/0",
     "flower_basic_auth_user": "ops",
     "flower_basic_auth_password": "a-real-flower-secret-42",
+    # the controller's import of the app builds into this checkout's cache, as the scenarios do
+    "celery_app_wheelhouse_cache": str(ROOT / ".cache/wheelhouse"),
 }
 # Any file on the controller: the TLS rules check that a certificate's file exists.
 A_FILE = str(ROOT / "README.md")

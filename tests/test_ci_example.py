@@ -28,6 +28,8 @@ GROUP_VARS = {
     "celery_app_constraints": str(ROOT / "tests/apps/tinyq/constraints.txt"),
     "celery_app_module": "tinyq",
     "celery_app_name": "tinyq",
+    # the toolkit's tests keep their wheelhouses in the checkout (a user's default: ~/.cache)
+    "celery_app_wheelhouse_cache": str(ROOT / ".cache/wheelhouse"),
     "celery_workers_groups": [
         {
             "name": "main",

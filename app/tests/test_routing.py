@@ -48,18 +48,21 @@ def test_every_task_routes_to_a_declared_queue(name: str) -> None:
     assert routed_queue(name) in QUEUES
 
 
+# each queue and the tasks of the families routed to it
+FAMILIES = {
+    "high": ["notifications.send_sms", "notifications.send_push", "notifications.send_email"],
+    "default": [
+        "background.resize_image",
+        "background.generate_report",
+        "background.cleanup_expired_sessions",
+    ],
+    "low": ["heavy.scrape_site", "heavy.sync_catalog"],
+}
+
+
 @pytest.mark.parametrize(
     ("name", "queue"),
-    [
-        ("refapp.tasks.notifications.send_sms", "high"),
-        ("refapp.tasks.notifications.send_push", "high"),
-        ("refapp.tasks.notifications.send_email", "high"),
-        ("refapp.tasks.background.resize_image", "default"),
-        ("refapp.tasks.background.generate_report", "default"),
-        ("refapp.tasks.background.cleanup_expired_sessions", "default"),
-        ("refapp.tasks.heavy.scrape_site", "low"),
-        ("refapp.tasks.heavy.sync_catalog", "low"),
-    ],
+    [(f"refapp.tasks.{task}", queue) for queue, tasks in FAMILIES.items() for task in tasks],
 )
 def test_task_families_route_to_their_queue(name: str, queue: str) -> None:
     assert routed_queue(name) == queue

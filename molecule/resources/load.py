@@ -1,6 +1,8 @@
-"""A mixed load of the reference app's ledger tasks sent across a playbook run (rollback.yml,
-a deploy that changes the layout or the process manager), and the check that every task of it
-ran exactly once: shared by the rollback and supervisor scenarios' tests."""
+"""The tests' one sender of the reference app's ledger tasks (SEND: every scenario and
+benchmark that loads a fleet runs it on a host as the app), and a mixed load of them sent across
+a playbook run (rollback.yml, a deploy that changes the layout or the process manager) with the
+check that every task of it ran exactly once: shared by the rollback and supervisor scenarios'
+tests."""
 
 import json
 import time
@@ -11,17 +13,18 @@ from playbook_runner import LEDGER, record_figure, run_playbook, wait_until_ran
 # 6 slow tasks of 4 s keep the slow group busy (one runs while rollback.yml stops it).
 N_FAST, N_SLOW, FAST_SECONDS, SLOW_SECONDS = 300, 6, 0.2, 4
 
-# Runs on the host as the app: send the load.
-LOAD = """
-import json, sys
-from refapp import app
+# Runs on a host as the app (<app>-run python -c SEND PREFIX N SECONDS [N_SLOW SLOW_SECONDS]):
+# N_SLOW slow ledger tasks (tokens PREFIX-slow-<i>, queue low) first, then N fast ones (tokens
+# PREFIX-<i>, queue high), each running its SECONDS. LEDGER (playbook_runner) reads them back.
+SEND = """
+import sys
 from refapp.tasks.ledger import record_fast, record_slow
-prefix, n_fast, n_slow = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-fast_seconds, slow_seconds = float(sys.argv[4]), float(sys.argv[5])
+prefix, n_fast, fast_seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+n_slow, slow_seconds = (int(sys.argv[4]), float(sys.argv[5])) if len(sys.argv) > 4 else (0, 0)
 for i in range(n_slow):
     record_slow.delay(f"{prefix}-slow-{i}", slow_seconds)
 for i in range(n_fast):
-    record_fast.delay(f"{prefix}-fast-{i}", fast_seconds)
+    record_fast.delay(f"{prefix}-{i}", fast_seconds)
 """
 
 
@@ -40,7 +43,7 @@ def state(host, prefix):
 
 
 def switch_under_load(host, prefix, name, *extra, figures="rollback-figures.json"):
-    as_app(host, LOAD, prefix, str(N_FAST), str(N_SLOW), str(FAST_SECONDS), str(SLOW_SECONDS))
+    as_app(host, SEND, prefix, str(N_FAST), str(FAST_SECONDS), str(N_SLOW), str(SLOW_SECONDS))
     time.sleep(1)  # the slow group has started a task
     before = state(host, prefix)
     out, seconds = playbook(name, *extra)
@@ -60,7 +63,7 @@ def switch_under_load(host, prefix, name, *extra, figures="rollback-figures.json
 
 
 def assert_exactly_once(after, prefix):
-    expected = {f"{prefix}-fast-{i}" for i in range(N_FAST)}
+    expected = {f"{prefix}-{i}" for i in range(N_FAST)}
     expected |= {f"{prefix}-slow-{i}" for i in range(N_SLOW)}
     ledger = after["ledger"]
     missing = sorted(expected - set(ledger))

@@ -35,16 +35,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "molecule/resources"))
 
-from playbook_runner import LEDGER  # noqa: E402  (a sibling folder, not an installed module)
+from load import SEND  # noqa: E402  (a sibling folder, not an installed module)
+from playbook_runner import LEDGER  # noqa: E402
 
 SENDER, STOPPED, OTHER = "cluster-fast-1", "cluster-fast-2", "cluster-fast-1"
-LOAD = """
-import sys
-from refapp.tasks.ledger import record_fast
-prefix, n, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-for i in range(n):
-    record_fast.delay(f"{prefix}-{i}", seconds)
-"""
 PING = """
 import sys
 from refapp import app
@@ -86,7 +80,7 @@ def one_run(n: int, drain: bool) -> dict:
     prefix = f"bench-vmstop-{uuid.uuid4().hex[:8]}"
     if not drain:
         subprocess.run(["docker", "exec", STOPPED, "sh", "-c", NO_DRAIN], check=True)
-    as_app(SENDER, LOAD, prefix, str(n), "0.1")
+    as_app(SENDER, SEND, prefix, str(n), "0.1")
     time.sleep(2)
     before = len(ledger(prefix)["ledger"])
     started = time.monotonic()
@@ -173,7 +167,7 @@ def kill_run(recover: bool, n: int = 10, seconds: float = 4.0, patience: float =
     if not recover:
         subprocess.run(["docker", "exec", STOPPED, "sh", "-c", NO_RECOVER], check=True)
     try:
-        as_app(SENDER, LOAD, prefix, str(n), str(seconds))
+        as_app(SENDER, SEND, prefix, str(n), str(seconds))
         time.sleep(2)
         pid = main_pid(STOPPED)
         killed = time.monotonic()

@@ -67,30 +67,29 @@ RESULT_EXPIRES_SECONDS = 86400
 _REDIS_SCHEMES = ("redis", "rediss")
 
 
-def _get_int(environ: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+def _get_number(
+    environ: Mapping[str, str], name: str, default: float, minimum: float, kind: type
+) -> float:
+    """The variable `name` read as `kind` (int or float), `default` when unset or empty."""
     raw = environ.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = int(raw)
+        value = kind(raw)
     except ValueError:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+        what = "an integer" if kind is int else "a number"
+        raise ValueError(f"{name} must be {what}, got {raw!r}") from None
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
 
 
+def _get_int(environ: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    return int(_get_number(environ, name, default, minimum, int))
+
+
 def _get_float(environ: Mapping[str, str], name: str, default: float) -> float:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return value
+    return _get_number(environ, name, default, 0, float)
 
 
 def default_result_backend(broker_url: str) -> str:

@@ -146,7 +146,10 @@ def test_the_samplers_saw_the_deploy(rotated):
     assert sum("BECOME-SUCCESS" in s for s in on_host) > 3, on_host[-1][-2000:]
     # -vvv shows each command Ansible runs, and the controller's import of the app ran
     out = rotated["proc"].stdout
-    assert "EXEC" in out and "TASK [celery_app : Import the app on the controller" in out
+    assert (
+        "EXEC" in out
+        and "TASK [celery_toolkit.stack.celery_app : Import the app on the controller" in out
+    )
 
 
 def test_no_secret_on_any_command_line_or_in_vvv_output_during_the_deploy(rotated):
@@ -210,5 +213,5 @@ def test_a_host_of_an_earlier_toolkit_is_pending_once_then_a_rerun_does_nothing(
     recap = [line for line in proc.stdout.splitlines() if line.startswith(CONTAINER)]
     assert recap and "changed=0" in recap[-1] and "failed=0" in recap[-1], recap
     assert main_pids(host) == pids
-    assert "TASK [celery_app : Import the app on the controller" in proc.stdout
+    assert "TASK [celery_toolkit.stack.celery_app : Import the app on the controller" in proc.stdout
     assert leaks([proc.stdout, proc.stderr], rotated["forms"]) == {}

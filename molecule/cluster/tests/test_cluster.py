@@ -14,19 +14,13 @@ import pytest
 import yaml
 
 from celery_quote import redis_config_quote
+from load import SEND
 from playbook_runner import LEDGER, ROOT, record_figure, run_playbook, wait_until_ran
 
 BROKER = "172.30.77.10"
 RUN = uuid.uuid4().hex[:8]  # tokens and settings unique to this run: the tests can run again
 WORKERS = ["cluster-fast-1", "cluster-fast-2", "cluster-slow-1"]
 
-LOAD = """
-import sys
-from refapp.tasks.ledger import record_fast
-prefix, n, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-for i in range(n):
-    record_fast.delay(f"{prefix}-{i}", seconds)
-"""
 # As the app, over TLS with its own URL (its ACL user): AUTH must succeed (the PING) before the
 # refusals count; Redis is TLS-only, so every command here went over TLS.
 DANGEROUS = """
@@ -252,7 +246,7 @@ def test_a_change_on_one_host_switches_and_restarts_that_host_only(tmp_path):
 
 def test_stopping_a_whole_fast_host_mid_load_loses_no_task():
     n = 200
-    as_app("cluster-fast-1", LOAD, f"vmdown-{RUN}", str(n), "0.1")
+    as_app("cluster-fast-1", SEND, f"vmdown-{RUN}", str(n), "0.1")
     time.sleep(2)  # both fast hosts are busy
     before = ledger(f"vmdown-{RUN}")
     started = time.monotonic()
@@ -307,28 +301,42 @@ def test_rolling_restart_goes_host_by_host():
     record("rolling restart of the fleet (3 worker hosts, batch 1)", {"seconds": seconds})
 
 
-def test_a_failed_host_halts_the_rollout_and_the_rest_keep_running(tmp_path):
-    old = {host: current_release(host) for host in WORKERS}
+def pinned_beyond_defaults(*pins: str) -> list[str]:
+    """celery_app_extra_requirements plus `pins`: a wheelhouse no host has a release of."""
     defaults = yaml.safe_load((ROOT / "roles/celery_app/defaults/main.yml").read_text())
-    pins = defaults["celery_app_extra_requirements"] + ["six==1.17.0"]  # forces a new release
-    # fast-2 gets an environment its app refuses at import: its new release fails its check.
-    # (An extra inventory source: the scenario's own folders are links into the repository.)
-    env_ok = {"REFAPP_HEAVY_TASK_SECONDS": "2", "TOOLKIT_TEST_RUN": RUN}
+    return defaults["celery_app_extra_requirements"] + list(pins)
+
+
+def deploy_with_host_vars(
+    tmp_path: Path, pins: list[str], host_vars: dict
+) -> subprocess.CompletedProcess:
+    """deploy.yml with `pins` as celery_app_extra_requirements and `host_vars` (host -> its
+    variables) as an extra inventory source (the scenario's own folders are links into the
+    repository); the caller expects it to fail."""
     broken = tmp_path / "broken.yml"
-    env = {
-        "REFAPP_HEAVY_TASK_SECONDS": "2",
-        "TOOLKIT_TEST_RUN": RUN,
-        "REFAPP_VISIBILITY_TIMEOUT": "60",
-    }
-    broken.write_text(
-        yaml.safe_dump({"all": {"hosts": {"cluster-fast-2": {"celery_app_environment": env}}}})
-    )
+    broken.write_text(yaml.safe_dump({"all": {"hosts": host_vars}}))
     proc, _ = run_playbook(
         "deploy.yml",
         "-e",
         json.dumps({"celery_app_extra_requirements": pins}),
         check=False,
         inventories=(broken,),
+    )
+    return proc
+
+
+def test_a_failed_host_halts_the_rollout_and_the_rest_keep_running(tmp_path):
+    old = {host: current_release(host) for host in WORKERS}
+    pins = pinned_beyond_defaults("six==1.17.0")  # forces a new release
+    # fast-2 gets an environment its app refuses at import: its new release fails its check.
+    env_ok = {"REFAPP_HEAVY_TASK_SECONDS": "2", "TOOLKIT_TEST_RUN": RUN}
+    env = {
+        "REFAPP_HEAVY_TASK_SECONDS": "2",
+        "TOOLKIT_TEST_RUN": RUN,
+        "REFAPP_VISIBILITY_TIMEOUT": "60",
+    }
+    proc = deploy_with_host_vars(
+        tmp_path, pins, {"cluster-fast-2": {"celery_app_environment": env}}
     )
     assert proc.returncode != 0
     assert "could not be installed on cluster-fast-2" in re.sub(r"\s+", " ", proc.stdout)
@@ -360,36 +368,16 @@ def test_a_release_whose_workers_cannot_start_returns_the_host_and_halts(tmp_pat
     gate on the first host: it returns to the release that ran and answers again; the hosts
     after it are never reached."""
     old = {host: current_release(host) for host in WORKERS}
-    defaults = yaml.safe_load((ROOT / "roles/celery_app/defaults/main.yml").read_text())
-    # a wheelhouse no host has a release of: a new release
-    pins = defaults["celery_app_extra_requirements"] + ["six==1.17.0", "typing_extensions==4.16.0"]
+    pins = pinned_beyond_defaults("six==1.17.0", "typing_extensions==4.16.0")
     fast = yaml.safe_load(
         (ROOT / "molecule/cluster/inventory/group_vars/fast_hosts.yml").read_text()
     )
-    broken = tmp_path / "broken.yml"
-    broken.write_text(
-        yaml.safe_dump(
-            {
-                "all": {
-                    "hosts": {
-                        "cluster-fast-1": {
-                            "celery_workers_groups": [
-                                {**g, "pool": "gevent"} for g in fast["celery_workers_groups"]
-                            ],
-                            "celery_workers_health_timeout": 20,
-                        }
-                    }
-                }
-            }
-        )
-    )
+    gevent = [{**g, "pool": "gevent"} for g in fast["celery_workers_groups"]]
     started = {host: worker_started(host) for host in WORKERS}
-    proc, _ = run_playbook(
-        "deploy.yml",
-        "-e",
-        json.dumps({"celery_app_extra_requirements": pins}),
-        check=False,
-        inventories=(broken,),
+    proc = deploy_with_host_vars(
+        tmp_path,
+        pins,
+        {"cluster-fast-1": {"celery_workers_groups": gevent, "celery_workers_health_timeout": 20}},
     )
     out = re.sub(r"\s+", " ", proc.stdout)
     assert proc.returncode != 0

@@ -8,16 +8,10 @@ import re
 import time
 import uuid
 
+from load import SEND
 from playbook_runner import LEDGER, record_figure, run_playbook, wait_for
 
 RUN = uuid.uuid4().hex[:8]
-LOAD = """
-import sys
-from refapp.tasks.ledger import record_fast
-prefix, n, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-for i in range(n):
-    record_fast.delay(f"{prefix}-{i}", seconds)
-"""
 # A consumer that takes a task from `low` and dies before it acknowledges it (os._exit skips
 # kombu's own give-back at close): the task stays in the broker's unacked hash.
 STRAND = """
@@ -51,7 +45,7 @@ def test_kill_9_of_a_worker_leaves_no_task_stranded(host):
     (at least once: a task a pool child finished after its parent died was never acknowledged)
     within minutes, not after the 2-hour visibility timeout."""
     prefix, n = f"kill9-{RUN}", 10
-    as_app(host, LOAD, prefix, str(n), "4")
+    as_app(host, SEND, prefix, str(n), "4")
     assert wait_for(lambda: int(active_count(host)) >= 4, 30), "the fast group did not start"
     pid = host.check_output("systemctl show -p MainPID --value refapp-worker@fast")
     killed = time.monotonic()

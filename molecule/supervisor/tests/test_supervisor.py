@@ -10,21 +10,12 @@ import time
 import pytest
 import yaml
 
-from load import as_app, assert_exactly_once, playbook, switch_under_load
+from load import SEND, as_app, assert_exactly_once, playbook, switch_under_load
 from playbook_runner import LEDGER, ROOT, record_figure, run_playbook, wait_for
 
 HOST = "celery-toolkit-supervisor"
 PROGRAMS = ["refapp-worker-fast", "refapp-worker-slow", "refapp-beat", "refapp-flower"]
 FIGURES = "supervisor-figures.json"
-
-
-KILL_LOAD = """
-import sys
-from refapp.tasks.ledger import record_fast
-prefix, n, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-for i in range(n):
-    record_fast.delay(f"{prefix}-{i}", seconds)
-"""
 
 
 def ledger(host, prefix):
@@ -192,7 +183,7 @@ def test_kill_9_of_a_worker_leaves_no_task_stranded(host, rollback_run):
     restarts the group; every task runs within minutes, not after the 2-hour visibility
     timeout."""
     prefix, n = "svkill9", 10
-    as_app(host, KILL_LOAD, prefix, str(n), "4")
+    as_app(host, SEND, prefix, str(n), "4")
     assert wait_for(lambda: len(ledger(host, prefix)) < n and busy(host), 30)
     killed = time.monotonic()
     host.run_expect([0], f"kill -9 {celery_main_pid(host, 'refapp-worker-fast')}")

@@ -43,6 +43,15 @@ class EnvFileError(ValueError):
     """The file cannot be read as systemd would (it would fail the unit's start)."""
 
 
+def append_noting_blanks(chars: list[str], blanks_at: int, c: str) -> int:
+    """Append `c` to `chars`; return where the run of blanks that ends `chars` begins (-1:
+    none), as systemd's `last_key_whitespace` / `last_value_whitespace` track it."""
+    chars.append(c)
+    if c not in WHITESPACE:
+        return -1
+    return blanks_at if blanks_at >= 0 else len(chars) - 1
+
+
 def parse_pairs(text: str) -> list[tuple[str, str]]:
     """Every KEY=VALUE assignment of `text`, in order, names not yet checked."""
     pairs: list[tuple[str, str]] = []
@@ -57,6 +66,13 @@ def parse_pairs(text: str) -> list[tuple[str, str]]:
         v = "".join(value[:value_ws] if strip_value and value_ws >= 0 else value)
         pairs.append((k, v))
 
+    def end_line(strip_value: bool) -> str:
+        """The assignment ends with the line: keep it, start the next key."""
+        nonlocal key, value
+        push(strip_value)
+        key, value = [], []
+        return "PRE_KEY"
+
     for c in text:
         if state == "PRE_KEY":
             if c in COMMENTS:
@@ -69,15 +85,10 @@ def parse_pairs(text: str) -> list[tuple[str, str]]:
             elif c == "=":
                 state, value, value_ws = "PRE_VALUE", [], -1
             else:
-                if c not in WHITESPACE:
-                    key_ws = -1
-                elif key_ws < 0:
-                    key_ws = len(key)
-                key.append(c)
+                key_ws = append_noting_blanks(key, key_ws, c)
         elif state == "PRE_VALUE":
             if c in NEWLINE:
-                push(strip_value=False)
-                state, key, value = "PRE_KEY", [], []
+                state = end_line(strip_value=False)
             elif c == "'":
                 state = "SINGLE_QUOTE_VALUE"
             elif c == '"':
@@ -89,16 +100,11 @@ def parse_pairs(text: str) -> list[tuple[str, str]]:
                 value.append(c)
         elif state == "VALUE":
             if c in NEWLINE:
-                push(strip_value=True)
-                state, key, value = "PRE_KEY", [], []
+                state = end_line(strip_value=True)
             elif c == "\\":
                 state, value_ws = "VALUE_ESCAPE", -1
             else:
-                if c not in WHITESPACE:
-                    value_ws = -1
-                elif value_ws < 0:
-                    value_ws = len(value)
-                value.append(c)
+                value_ws = append_noting_blanks(value, value_ws, c)
         elif state == "VALUE_ESCAPE":
             state = "VALUE"
             if c not in NEWLINE:
