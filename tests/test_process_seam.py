@@ -54,8 +54,6 @@ PENDING = {
     # the pre-deploy rule on celery_process_manager and its list of managers: to move into the
     # seam's filters (plugins/filter/celery_process.py, celery_process_managers)
     "plugins/filter/celery_layout.py",
-    # the files a deploy wrote, hashed for the deploy mark: the seam should give their paths
-    "playbooks/tasks/deploy_files.yml",
     # the app's run helper's docstring (a template: no Python grammar to read it with)
     "roles/celery_app/templates/usr/local/sbin/app-run.j2",
     # refusals whose messages name systemd units and the supervisor wrapper's task name
