@@ -1,6 +1,8 @@
-"""What a process manager says of the app's processes, in one shape for the layout flow
-(roles/celery_workers/tasks/layout.yml): the health gate's refusal and beat's check read
-`running`, `restarts` (a count, or "?") and `instance` (changes when the process restarts).
+"""The filters of the process-manager seam (roles/celery_process), the one place besides that
+role that knows the process managers apart: which managers the toolkit supports, the Celery
+node name of a worker group under each, the manager a host's record names, and what a manager
+says of the app's processes in one shape (the health gate's refusal and beat's check read
+`running`, `restarts` (a count, or "?") and `instance` (changes when the process restarts)).
 
 A process is named "worker@<group>", "beat" or "flower"; under systemd it is the unit
 "<app>-<process>.service", under supervisor the program `celery_supervisor_program` names.
@@ -11,6 +13,47 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+try:
+    from ansible.errors import AnsibleFilterError
+except ImportError:  # the unit tests import the plugin without Ansible's package on the path
+    AnsibleFilterError = ValueError  # type: ignore[assignment,misc]
+
+# The process managers the toolkit supports (celery_process_manager, owned by the role celery),
+# in the order the seam looks under them, each with the Celery node name of a worker group run
+# by it (--hostname). The node names differ so that while a host switches manager both
+# generations of a group consume side by side, and a drain (a control command sent to one node
+# name) reaches only the one that stops.
+MANAGERS: dict[str, str] = {
+    "systemd": "{group}@{host}",
+    "supervisor": "{group}@supervisor.{host}",
+}
+# What a host's record of an earlier toolkit version (no "manager" key) ran under.
+RECORDED_BEFORE_MANAGERS = "systemd"
+
+
+def celery_process_managers(manager: str) -> list[str]:
+    """Every supported manager (where the seam looks for what a host runs), after checking that
+    `manager` (the host's celery_process_manager) is one of them."""
+    if manager not in MANAGERS:
+        raise AnsibleFilterError(
+            f"celery_process_manager is {manager!r}: set it to one of {', '.join(MANAGERS)}"
+        )
+    return list(MANAGERS)
+
+
+def celery_process_node(manager: str) -> str:
+    """The node name pattern ("{group}@{host}"...) of a worker group under `manager`."""
+    celery_process_managers(manager)
+    return MANAGERS[manager]
+
+
+def celery_process_recorded_manager(recorded: Any, fallback: str | None = None) -> str:
+    """The manager a host's record (ansible_local[<app>]) says it runs under; a record without
+    one: `fallback` when given, else what every toolkit version before the choice ran."""
+    manager = recorded.get("manager") if isinstance(recorded, Mapping) else None
+    return str(manager or fallback or RECORDED_BEFORE_MANAGERS)
+
 
 # systemd's own journal entries about a unit's jobs (sd-messages.h): starting, started,
 # stopping, stopped, a restart scheduled, the CPU a run consumed, a clean stop. A unit that
@@ -143,6 +186,9 @@ def celery_systemd_described(
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
+            "celery_process_managers": celery_process_managers,
+            "celery_process_node": celery_process_node,
+            "celery_process_recorded_manager": celery_process_recorded_manager,
             "celery_supervisor_program": celery_supervisor_program,
             "celery_supervisor_status": celery_supervisor_status,
             "celery_supervisor_described": celery_supervisor_described,
