@@ -99,13 +99,13 @@ def transport_error(app: Any) -> str | None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print(__doc__, file=sys.stderr)
-        return 2
-    from celery.app.utils import find_app
+    if len(argv) == 2:
+        from celery.app.utils import find_app
 
-    print(json.dumps(report(find_app(argv[1]))))
-    return 0
+        print(json.dumps(report(find_app(argv[1]))))
+        return 0
+    print(__doc__, file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":
