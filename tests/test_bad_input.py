@@ -646,11 +646,15 @@ CASES += [
     for name, value, given, spec in WRONG_TYPES
 ]
 # Variables that are str with no rule to break: any text is a value the toolkit can use.
+# Entry-point options that every call passes (include_role vars, above any inventory's value).
 NO_REFUSAL = {
     "celery_workers_restart_token": "any text: its change restarts the groups (a fingerprint)",
     "flower_restart_token": "any text: its change restarts Flower (a fingerprint)",
+    "celery_process_under": "passed by every call of the seam (the manager to act under)",
+    "celery_process_processes": "passed by every call of the seam (the processes to act on)",
 }
 CHOICES_REFUSED = {
+    "celery_deploy_mark_state": ("gone", "value of celery_deploy_mark_state must be one of"),
     # refused by their argument spec's choices, in other cases of this matrix or here
     "redis_appendfsync": ("never", "value of redis_appendfsync must be one of"),
     "redis_loglevel": ("loud", "value of redis_loglevel must be one of"),

@@ -38,6 +38,16 @@ ALLOWED = [
     # manager's processes read through celery_envfile.py), not a choice of manager.
     ("", re.compile(r"systemd_env_quote")),
     ("plugins/filter/celery_quote.py", re.compile(r"_SYSTEMD_ESCAPED")),
+    # that grammar named in messages and in <app>-run's docstring
+    ("", re.compile(r"systemd's EnvironmentFile=?")),
+    ("plugins/filter/celery_secrets.py", re.compile(r"\(systemd's ")),
+    # <app>-run's docstring says it also starts the supervisor programs (its --supervised mode)
+    ("roles/celery_app/templates/usr/local/sbin/app-run.j2", re.compile(r"supervisord's programs")),
+    # Debian's own system accounts, which the app's user must not take: names, not managers
+    (
+        "plugins/filter/celery_names.py",
+        re.compile(r"systemd-(journal|network|resolve|timesync)|\bsystemd\b|\bsupervisor\b"),
+    ),
 ]
 # The variable's owner states its default and choices (roles/celery): the one statement the
 # seam reads; these key paths are allowed to hold a manager's name.
@@ -50,15 +60,7 @@ OWNER_KEYS = {
 }
 # Files others are moving at the time of the seam (issue 19); each must name a manager no more
 # once its part lands, and then goes from this list (a stale entry fails, see below).
-PENDING = {
-    # the pre-deploy rule on celery_process_manager and its list of managers: to move into the
-    # seam's filters (plugins/filter/celery_process.py, celery_process_managers)
-    "plugins/filter/celery_layout.py",
-    # the app's run helper's docstring (a template: no Python grammar to read it with)
-    "roles/celery_app/templates/usr/local/sbin/app-run.j2",
-    # refusals whose messages name systemd units and the supervisor wrapper's task name
-    "roles/celery_app/tasks/preflight.yml",
-}
+PENDING: set[str] = set()
 
 TASK_KEYS = re.compile(r"^(block|hosts|import_playbook|[a-z0-9_]+\.[a-z0-9_]+\.[a-z0-9_]+)$")
 

@@ -21,6 +21,10 @@ from ansible_collections.celery_toolkit.stack.plugins.filter.celery_broker impor
 )
 from ansible_collections.celery_toolkit.stack.plugins.filter.celery_layout import group_errors
 from ansible_collections.celery_toolkit.stack.plugins.filter.celery_names import app_name_errors
+from ansible_collections.celery_toolkit.stack.plugins.filter.celery_process import (
+    ONE_MANAGER_SETTINGS,
+    manager_setting_problems,
+)
 from ansible_collections.celery_toolkit.stack.plugins.filter.celery_secrets import (
     credential_errors,
     environment_errors,
@@ -167,22 +171,13 @@ def broker_setting_errors(host: str, hv: Mapping[str, Any]) -> list[Refusal]:
 
 
 def worker_setting_errors(host: str, hv: Mapping[str, Any]) -> list[Refusal]:
-    """What the argument specs cannot say of a worker host's settings: systemd-only settings
-    under supervisor (the manager's choices are in roles/celery's spec), a health gate that
-    waits at least a second, no variable the toolkit no longer reads."""
+    """What the argument specs cannot say of a worker host's settings: a setting its process
+    manager cannot apply (the seam's filters say which; the choices are in roles/celery's
+    spec), a health gate that waits at least a second, no variable the toolkit no longer reads."""
     found: list[Refusal] = []
-    if hv["celery_process_manager"] == "supervisor" and truthy(
-        hv["celery_app_memory_deny_write_execute"]
-    ):
-        found.append(
-            (
-                "celery_app_memory_deny_write_execute",
-                host,
-                " is true, where celery_process_manager is 'supervisor': it is a systemd setting "
-                "(MemoryDenyWriteExecute=) that supervisord cannot apply; use systemd on that "
-                "host, or set it to false.",
-            )
-        )
+    on = [name for name in ONE_MANAGER_SETTINGS if name in hv and truthy(hv[name])]
+    manager = hv["celery_process_manager"]
+    found += [(name, host, why) for name, why in manager_setting_problems(manager, on)]
     timeout = hv["celery_workers_health_timeout"]
     if whole(timeout) is not None and whole(timeout) < 1:
         found.append(

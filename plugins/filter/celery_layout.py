@@ -271,8 +271,8 @@ def group_errors(host: str, groups: Iterable[Mapping[str, Any]]) -> list[Refusal
                 (
                     subject,
                     host,
-                    f" (celery_workers_groups): the name must be {NAME_RULE}: it names a systemd "
-                    f"instance (<app>-worker@{name}.service) and the worker's node name.",
+                    f" (celery_workers_groups): the name must be {NAME_RULE}: it names the "
+                    f"group's process (<app>-worker@{name}) and the worker's node name.",
                 )
             )
         if not group.get("queues"):

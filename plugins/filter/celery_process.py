@@ -2,7 +2,8 @@
 role that knows the process managers apart: which managers the toolkit supports, the Celery
 node name of a worker group under each, the manager a host's record names, and what a manager
 says of the app's processes in one shape (the health gate's refusal and beat's check read
-`running`, `restarts` (a count, or "?") and `instance` (changes when the process restarts)).
+`running`, `restarts` (a count, "?", or None when the manager keeps none) and `instance`
+(changes when the process restarts)).
 
 A process is named "worker@<group>", "beat" or "flower"; under systemd it is the unit
 "<app>-<process>.service", under supervisor the program `celery_supervisor_program` names.
@@ -30,6 +31,28 @@ MANAGERS: dict[str, str] = {
 }
 # What a host's record of an earlier toolkit version (no "manager" key) ran under.
 RECORDED_BEFORE_MANAGERS = "systemd"
+# Settings of the app that only one manager can apply: variable -> (that manager, what it is there).
+ONE_MANAGER_SETTINGS: dict[str, tuple[str, str]] = {
+    "celery_app_memory_deny_write_execute": ("systemd", "MemoryDenyWriteExecute="),
+}
+
+
+def manager_setting_problems(manager: str, truthy_settings: Iterable[str]) -> list[tuple[str, str]]:
+    """(variable, why) for each setting that is on but that `manager` (a host's
+    celery_process_manager) cannot apply; the pre-deploy rules word them (celery_inventory.py)."""
+    problems = []
+    for name in truthy_settings:
+        owner, what = ONE_MANAGER_SETTINGS.get(name, (manager, ""))
+        if owner != manager:
+            problems.append(
+                (
+                    name,
+                    f" is true, where celery_process_manager is {manager!r}: it is a {owner} "
+                    f"setting ({what}) that {manager} cannot apply; use {owner} on that host, or "
+                    "set it to false.",
+                )
+            )
+    return problems
 
 
 def celery_process_managers(manager: str) -> list[str]:
@@ -130,7 +153,7 @@ def celery_supervisor_described(
                 "manager": "supervisor",
                 "state": status.get("state", "?"),
                 "detail": detail or "-",
-                "restarts": "?",
+                "restarts": None,  # supervisord counts none
                 "instance": pid,
                 "running": status.get("state") == "RUNNING",
                 "log": list(log.get("stdout_lines", []))[-6:],

@@ -91,11 +91,12 @@ def celery_health_report(
             if name.startswith("worker@")
             else f"{name} on {host} did not stay active for {timeout} s"
         )
+        # a count, "?" when the manager's count could not be read, None when it keeps none
         restarts = process.get("restarts", "?")
         lines.append(
             f"{failure}: {process.get('manager', '?')} says {process.get('state', '?')} "
             f"({process.get('detail', '?')})"
-            + (f", restarted {restarts} times" if process.get("manager") == "systemd" else "")
+            + (f", restarted {restarts} times" if restarts is not None else "")
             + ". Last lines of its log:"
         )
         lines += [f"  | {line}" for line in process.get("log") or []] or ["  | (empty)"]
