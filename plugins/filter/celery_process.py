@@ -219,3 +219,56 @@ class FilterModule:
             "celery_supervisor_not_restarted": celery_supervisor_not_restarted,
             "celery_systemd_described": celery_systemd_described,
         }
+
+
+# issue 20: prometheus
+# What node_exporter says of a process of the app under each manager: the alert rules
+# (plugins/filter/celery_alerts.py) record "process P of the app runs on host H" (1/0) and "P's
+# restarts over RESTART_WINDOW" from these expressions, and never name a manager themselves.
+# systemd: node_exporter 1.5's systemd collector, `node_systemd_unit_state{name=<unit>,state=...}`
+# (1 for the unit's current state) and, with --collector.systemd.enable-restarts-metrics,
+# `node_systemd_service_restart_total{name=<unit>}` (systemd's NRestarts: automatic restarts).
+# supervisor: its supervisord collector, `node_supervisord_up{name=<program>}` (1 while RUNNING,
+# STARTING or STOPPING) and `node_supervisord_start_time_seconds` (emitted while running; a restart
+# changes it, supervisord counts none).
+RESTART_WINDOW = "15m"
+
+
+def _label(value: str) -> str:
+    """A PromQL label value in double quotes."""
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _series(metric: str, host: str, **labels: str) -> str:
+    matchers = {"job": "node", "host": host, **labels}
+    return metric + "{" + ",".join(f"{k}={_label(v)}" for k, v in matchers.items()) + "}"
+
+
+def celery_process_up_promql(manager: str, app: str, process: str, host: str) -> str:
+    """PromQL, one series labelled `host`: 1 when `process` ("worker@<group>", "beat", "flower",
+    "exporter") of `app` runs on `host` under `manager`, 0 when it does not, or when the manager
+    does not know it while node_exporter answers; 0 too when node_exporter does not answer."""
+    celery_process_managers(manager)
+    if manager == "systemd":
+        running = _series(
+            "node_systemd_unit_state", host, name=f"{app}-{process}.service", state="active"
+        )
+    else:
+        running = _series("node_supervisord_up", host, name=celery_supervisor_program(process, app))
+    reachable = _series("up", host)
+    return f"max by (host) ({running}) or on (host) (0 * max by (host) ({reachable}))"
+
+
+def celery_process_restarts_promql(manager: str, app: str, process: str, host: str) -> str:
+    """PromQL, one series labelled `host`: how often `process` of `app` restarted on `host` over
+    the last RESTART_WINDOW under `manager` (absent while node_exporter does not know it)."""
+    celery_process_managers(manager)
+    if manager == "systemd":
+        counter = _series(
+            "node_systemd_service_restart_total", host, name=f"{app}-{process}.service"
+        )
+        return f"max by (host) (increase({counter}[{RESTART_WINDOW}]))"
+    start = _series(
+        "node_supervisord_start_time_seconds", host, name=celery_supervisor_program(process, app)
+    )
+    return f"max by (host) (changes({start}[{RESTART_WINDOW}]))"
