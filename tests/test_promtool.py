@@ -56,14 +56,21 @@ def rules() -> dict[str, Any]:
 def without_annotations(rule_file: dict[str, Any]) -> dict[str, Any]:
     return {
         "groups": [
-            {**group, "rules": [{k: v for k, v in r.items() if k != "annotations"} for r in group["rules"]]}
+            {
+                **group,
+                "rules": [
+                    {k: v for k, v in r.items() if k != "annotations"} for r in group["rules"]
+                ],
+            }
             for group in rule_file["groups"]
         ]
     }
 
 
 def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([promtool(), *map(str, args)], capture_output=True, text=True, check=False)
+    return subprocess.run(
+        [promtool(), *map(str, args)], capture_output=True, text=True, check=False
+    )
 
 
 def test_the_generated_rules_pass_promtool_check(tmp_path):
@@ -84,7 +91,9 @@ def test_promtool_check_can_fail(tmp_path):
 
 @pytest.fixture()
 def case_dir(tmp_path):
-    (tmp_path / "rules.yml").write_text(yaml.safe_dump(without_annotations(rules()), sort_keys=False))
+    (tmp_path / "rules.yml").write_text(
+        yaml.safe_dump(without_annotations(rules()), sort_keys=False)
+    )
     for case in CASES:
         shutil.copy(case, tmp_path / case.name)
     return tmp_path
