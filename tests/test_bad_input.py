@@ -665,6 +665,102 @@ CASES += [
 ]
 
 
+# issue 20: prometheus. The thresholds count on the monitor hosts, else on the first worker host
+# (vm1 here). One case per kind of rule; tests/test_celery_alerts.py refuses every variable.
+CASES += [
+    (
+        "prometheus-duration-not-a-duration",
+        {"prometheus_alert_worker_down_for": "2 minutes"},
+        {},
+        "prometheus_alert_worker_down_for on vm1 is '2 minutes', not a Prometheus duration",
+    ),
+    *[
+        (
+            f"prometheus-durations-in-words-{n}",
+            dict.fromkeys(names, "often"),
+            {},
+            f"{names[-1]} on vm1 is 'often', not a Prometheus duration",
+        )
+        for n, names in enumerate(
+            [
+                [
+                    "prometheus_scrape_interval",
+                    "prometheus_evaluation_interval",
+                    "prometheus_retention",
+                    "prometheus_alert_no_consumer_for",
+                ],
+                [
+                    "prometheus_alert_queue_backlog_for",
+                    "prometheus_alert_queue_age_for",
+                    "prometheus_alert_beat_for",
+                    "prometheus_alert_stranded_for",
+                    "prometheus_alert_failure_for",
+                ],
+                [
+                    "prometheus_alert_exporter_down_for",
+                    "prometheus_alert_redis_down_for",
+                    "prometheus_alert_redis_memory_for",
+                    "prometheus_alert_aof_for",
+                ],
+            ]
+        )
+    ],
+    (
+        "prometheus-restarts-zero",
+        {"prometheus_alert_restarts": 0},
+        {},
+        "prometheus_alert_restarts on vm1 is 0: give a number of at least 1.",
+    ),
+    (
+        "prometheus-counts-negative",
+        {
+            "prometheus_alert_queue_backlog": -1,
+            "prometheus_alert_queue_age_seconds": -1,
+            "prometheus_alert_stranded_margin_seconds": -1,
+        },
+        {},
+        "prometheus_alert_stranded_margin_seconds on vm1 is -1: give a number of at least 0.",
+    ),
+    (
+        "prometheus-ratios-above-one",
+        {"prometheus_alert_redis_memory_ratio": 80, "prometheus_alert_failure_ratio": 1.5},
+        {},
+        "prometheus_alert_redis_memory_ratio on vm1 is 80: give a share above 0 and at most 1",
+    ),
+    (
+        "prometheus-queue-threshold-unknown-key",
+        {"prometheus_alert_queue_thresholds": {"high": {"age": 30}}},
+        {},
+        "prometheus_alert_queue_thresholds on vm1 gives queue 'high' {'age': 30}: give each queue a "
+        "mapping of backlog (tasks) and/or age_seconds",
+    ),
+    (
+        "prometheus-address-a-name",
+        {},
+        {"vm1": {"prometheus_address": "monitor.example"}},
+        "prometheus_address on vm1 is 'monitor.example', not an IP address",
+    ),
+    (
+        "prometheus-port-out-of-range",
+        {"prometheus_port": 90900},
+        {},
+        "prometheus_port on vm1 is 90900: give a TCP port, 1 to 65535.",
+    ),
+    (
+        "prometheus-flower-ca-missing",
+        {"prometheus_flower_ca_file": "/nonexistent/ca.pem"},
+        {},
+        "prometheus_flower_ca_file on vm1 names /nonexistent/ca.pem, which is not a file",
+    ),
+    (
+        "prometheus-enabled-of-the-wrong-type",
+        {"prometheus_enabled": "perhaps"},
+        {},
+        "argument 'prometheus_enabled' is of type str and we were unable to convert to bool",
+    ),
+]
+NO_REFUSAL["prometheus_output_dir"] = "any folder on the controller (monitoring.yml creates it)"
+
 VALIDATION_PLAY = "Validate the inventory before any host is changed"
 
 

@@ -18,6 +18,7 @@ Prometheus reads, ratios, per-queue thresholds); validate.yml runs it with the o
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -88,6 +89,8 @@ DURATION_SETTINGS = (
     "prometheus_evaluation_interval",
     "prometheus_retention",
 )
+# What the rules and validate.yml read of the role prometheus (besides address, port, CA file).
+PROMETHEUS_SETTINGS = [*DURATION_SETTINGS, *THRESHOLDS]
 QUEUE_KEYS = {
     "backlog": "prometheus_alert_queue_backlog",
     "age_seconds": "prometheus_alert_queue_age_seconds",
@@ -182,7 +185,7 @@ def celery_scrape_configs(
 def _monitor_settings(
     groups: Mapping[str, Iterable[str]], settings: Settings
 ) -> tuple[str, Mapping[str, Any]]:
-    for host in _hosts(groups, "monitor", "celery_workers", "broker") + list(settings):
+    for host in prometheus_hosts(groups) + _hosts(groups, "broker") + list(settings):
         if host in settings:
             return host, settings[host]
     raise AnsibleFilterError("no host's settings were given: the inventory has no host")
@@ -517,6 +520,7 @@ def prometheus_setting_errors(host: str, hv: Mapping[str, Any]) -> list[Refusal]
             found.append(
                 (name, host, f" is {value!r}: give a share above 0 and at most 1 (0.8 = 80%).")
             )
+    found += _listen_errors(host, hv)
     per_queue = hv.get("prometheus_alert_queue_thresholds", {})
     if not isinstance(per_queue, Mapping):
         per_queue = {"?": per_queue}
@@ -536,6 +540,53 @@ def prometheus_setting_errors(host: str, hv: Mapping[str, Any]) -> list[Refusal]
     return found
 
 
+def _listen_errors(host: str, hv: Mapping[str, Any]) -> list[Refusal]:
+    """prometheus_address is an IP address, prometheus_port a TCP port, prometheus_flower_ca_file
+    a file on the controller (or "")."""
+    found: list[Refusal] = []
+    if "prometheus_address" in hv:
+        address = str(hv["prometheus_address"])
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            found.append(
+                (
+                    "prometheus_address",
+                    host,
+                    f" is {address!r}, not an IP address: Prometheus listens on it. Give the "
+                    "host's private address (10.0.0.20) or 127.0.0.1.",
+                )
+            )
+    port = _number(hv.get("prometheus_port", 1))
+    if "prometheus_port" in hv and (port is None or port != int(port) or not 1 <= port <= 65535):
+        found.append(
+            (
+                "prometheus_port",
+                host,
+                f" is {hv['prometheus_port']!r}: give a TCP port, 1 to 65535.",
+            )
+        )
+    ca = str(hv.get("prometheus_flower_ca_file") or "")
+    if ca and not os.path.isfile(ca):
+        found.append(
+            (
+                "prometheus_flower_ca_file",
+                host,
+                f" names {ca}, which is not a file on the controller: give the CA (PEM) that "
+                "signed Flower's certificate, or leave it empty (the system's CAs).",
+            )
+        )
+    return found
+
+
+def prometheus_hosts(groups: Mapping[str, Iterable[str]]) -> list[str]:
+    """The hosts whose prometheus_* settings count: the monitor hosts, else the first worker
+    host (whose thresholds playbooks/monitoring.yml writes for a Prometheus of your own)."""
+    return _hosts(groups, "monitor") or _hosts(groups, "celery_workers")[:1]
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
-        return {f.__name__: f for f in (celery_alert_rules, celery_scrape_configs)}
+        return {f.__name__: f for f in (celery_alert_rules, celery_scrape_configs)} | {
+            "celery_prometheus_hosts": prometheus_hosts
+        }

@@ -15,6 +15,12 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ansible_collections.celery_toolkit.stack.plugins.filter.celery_alerts import (  # issue 20
+    EXPORTERS,
+    PROMETHEUS_SETTINGS,
+    prometheus_hosts,
+    prometheus_setting_errors,
+)
 from ansible_collections.celery_toolkit.stack.plugins.filter.celery_broker import (
     broker_url_errors,
     flower_port_errors,
@@ -93,6 +99,17 @@ RULE_VARIABLES = [
     "ansible_host",
     "celery_toolkit_sandbox",
 ] + list(RENAMED)
+# issue 20: prometheus
+EXPORTER_ROLES = [role for role, _ in EXPORTERS.values()]
+RULE_VARIABLES += [
+    *PROMETHEUS_SETTINGS,
+    "prometheus_address",
+    "prometheus_port",
+    "prometheus_flower_ca_file",
+    "prometheus_alert_queue_thresholds",
+    # what the scrape configuration reads of the exporters' roles (h2, h3 may list them too)
+    *(f"{role}_{what}" for role in EXPORTER_ROLES for what in ("enabled", "address", "port")),
+]
 
 
 def celery_rule_variables(defined: Iterable[str]) -> list[str]:
@@ -253,6 +270,9 @@ def celery_inventory_errors(groups: Mapping[str, Iterable[str]], settings: Setti
     for host in workers:
         found += environment_errors(host, settings[host]["celery_app_environment"])
         found += result_backend_errors(host, settings[host]["celery_app_result_backend"])
+    # issue 20: prometheus
+    for host in prometheus_hosts(groups):
+        found += prometheus_setting_errors(host, settings[host])
     return errors + once(found)
 
 
