@@ -731,8 +731,8 @@ CASES += [
         "prometheus-queue-threshold-unknown-key",
         {"prometheus_alert_queue_thresholds": {"high": {"age": 30}}},
         {},
-        "prometheus_alert_queue_thresholds on vm1 gives queue 'high' {'age': 30}: give each queue a "
-        "mapping of backlog (tasks) and/or age_seconds",
+        "prometheus_alert_queue_thresholds on vm1 gives queue 'high' {'age': 30}: give each "
+        "queue a mapping of backlog (tasks) and/or age_seconds",
     ),
     (
         "prometheus-address-a-name",
