@@ -36,6 +36,7 @@ def test_specs_mirror_defaults(role: Path):
 # manager): its variables carry the toolkit's prefix, and the roles that use them depend on it.
 COMMON = "celery"
 USERS_OF_COMMON = {"celery_app", "celery_deploy", "celery_process", "celery_workers", "flower"}
+USERS_OF_COMMON |= {"prometheus"}  # issue 20: prometheus (celery_private_address)
 
 
 def prefix(role: Path) -> str:

@@ -327,9 +327,9 @@ def celery_alert_rules(
     monitor, t = _monitor_settings(groups, settings)
     for name in THRESHOLDS:
         _need(t, name, monitor)
-    problems = [why for _, _, why in prometheus_setting_errors(monitor, t)]
+    problems = [f"{var}{why}" for var, _, why in prometheus_setting_errors(monitor, t)]
     if problems:
-        raise AnsibleFilterError(f"the alert thresholds of {monitor}:{''.join(problems)}")
+        raise AnsibleFilterError(f"the alert thresholds of {monitor}: {' '.join(problems)}")
     stranded = _longest_stop(groups, settings) + int(t["prometheus_alert_stranded_margin_seconds"])
     up = "celery:process_up"
     restarts = f"celery:process_restarts:increase{RESTART_WINDOW}"
