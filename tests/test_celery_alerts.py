@@ -73,8 +73,9 @@ def test_process_rules_follow_each_hosts_manager_and_look_for_beat_everywhere():
     for rule in recorded:
         by_host.setdefault(rule["labels"]["host"], []).append(rule["labels"]["process"])
     assert by_host == {
-        "worker-1": ["worker@fast", "beat", "flower", "exporter"],
-        "worker-2": ["worker@slow", "beat", "exporter"],
+        # rollback.yml's single worker (worker@all) is looked for too
+        "worker-1": ["worker@fast", "worker@all", "beat", "flower", "exporter"],
+        "worker-2": ["worker@slow", "worker@all", "beat", "exporter"],
     }
     exprs = {(r["labels"]["host"], r["labels"]["process"]): r["expr"] for r in recorded}
     assert 'name="refapp-worker@fast.service"' in exprs["worker-1", "worker@fast"]

@@ -17,6 +17,7 @@ Prometheus reads, ratios, per-queue thresholds); validate.yml runs it with the o
 
 from __future__ import annotations
 
+import inspect
 import ipaddress
 import os
 import re
@@ -27,6 +28,9 @@ from ansible_collections.celery_toolkit.stack.plugins.filter.celery_process impo
     RESTART_WINDOW,
     celery_process_restarts_promql,
     celery_process_up_promql,
+)
+from ansible_collections.celery_toolkit.stack.plugins.filter.celery_runtime import (
+    celery_single_layout,
 )
 from ansible_collections.celery_toolkit.stack.plugins.plugin_utils.celery_common import (
     Refusal,
@@ -99,6 +103,9 @@ QUEUE_KEYS = {
 DURATION = re.compile(
     r"^(0|(?=[0-9])([0-9]+y)?([0-9]+w)?([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?)$"
 )
+# The worker group rollback.yml runs instead of the layout's (celery_single_layout's name): a host
+# that runs it does not count the layout's groups down.
+SINGLE_GROUP = inspect.signature(celery_single_layout).parameters["name"].default
 # Where the rate of failed tasks is measured (Flower's task events).
 FAILURE_WINDOW = "10m"
 
@@ -196,6 +203,8 @@ def _processes(host: str, hv: Mapping[str, Any], groups: Mapping[str, Iterable[s
     every worker host: a second beat is an incident), Flower and the Celery exporter if it runs
     them."""
     processes = [f"worker@{g['name']}" for g in _need(hv, "celery_workers_groups", host)]
+    if f"worker@{SINGLE_GROUP}" not in processes:
+        processes.append(f"worker@{SINGLE_GROUP}")
     processes.append("beat")
     if host in _hosts(groups, "flower"):
         processes.append("flower")
@@ -332,6 +341,7 @@ def celery_alert_rules(
         raise AnsibleFilterError(f"the alert thresholds of {monitor}: {' '.join(problems)}")
     stranded = _longest_stop(groups, settings) + int(t["prometheus_alert_stranded_margin_seconds"])
     up = "celery:process_up"
+    single = _label(f"worker@{SINGLE_GROUP}")
     restarts = f"celery:process_restarts:increase{RESTART_WINDOW}"
     alerts = [
         _alert(
@@ -349,13 +359,17 @@ def celery_alert_rules(
         *_queue_rules(_queues(groups, settings, queues or []), t),
         _alert(
             "CeleryWorkerGroupDown",
-            f'(min by (host, group) (label_replace({up}{{process=~"worker@.+"}}, "group", "$1", '
-            '"process", "worker@(.+)")) == 0) or (min by (host, group) (celery_group_up) == 0)',
+            "((min by (host, group) (label_replace("
+            f'{up}{{process=~"worker@.+",process!={single}}}, '
+            '"group", "$1", "process", "worker@(.+)")) == 0) '
+            "or (min by (host, group) (celery_group_up) == 0)) "
+            f"unless on (host) ({up}{{process={single}}} == 1)",
             t["prometheus_alert_worker_down_for"],
             "critical",
             "Worker group {{ $labels.group }} is down on {{ $labels.host }}",
             "Worker group {{ $labels.group }} on {{ $labels.host }} does not run, or does not "
-            "answer a ping consuming exactly its queues: its queues lose a consumer. Check the "
+            "answer a ping consuming exactly its queues, and the host does not run rollback.yml's "
+            f"single worker ({SINGLE_GROUP}) instead: its queues lose a consumer. Check the "
             "group's log and state on the host.",
             "playbooks/deploy.yml (starts the group and waits until it answers); "
             "playbooks/rollback.yml if the release is at fault",
