@@ -24,6 +24,8 @@ GROUP_VARS = {
     "celery_app_broker_url": "redis://:a-real-broker-secret-0123456789@127.0.0.1:6379/0",
     "flower_basic_auth_user": "ops",
     "flower_basic_auth_password": "a-real-flower-secret-42",
+    # issue 20: the Redis exporter (on by default) logs in as a user of its own
+    "redis_exporter_password": "a-real-exporter-secret-0123",
     "celery_app_source": str(ROOT / "tests/apps/tinyq"),
     "celery_app_constraints": str(ROOT / "tests/apps/tinyq/constraints.txt"),
     "celery_app_module": "tinyq",

@@ -83,6 +83,7 @@ def test_the_systemd_collector_counts_restarts_and_is_one_word_per_option():
 def test_supervisor_hosts_read_supervisords_socket():
     settings = celery_process_node_exporter("supervisor", "refapp")
     assert settings["args"] == [
+        "--no-collector.systemd",  # Debian's default: on, for every unit
         "--collector.supervisord",
         "--collector.supervisord.url=unix:///run/supervisor.sock",
     ]
@@ -92,7 +93,10 @@ def test_supervisor_hosts_read_supervisords_socket():
 
 @pytest.mark.parametrize("manager", ["systemd", "supervisor"])
 def test_a_host_that_runs_no_process_of_the_app_gets_no_process_collector(manager):
-    assert celery_process_node_exporter(manager, "refapp", False) == {"args": [], "access": False}
+    assert celery_process_node_exporter(manager, "refapp", False) == {
+        "args": ["--no-collector.systemd"],
+        "access": False,
+    }
 
 
 def test_an_unknown_manager_is_refused():

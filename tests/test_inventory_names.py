@@ -98,6 +98,8 @@ def fleet(url, **broker):
             "redis_password": PASSWORD,
             "redis_default_user_enabled": True,
             "celery_app_broker_url": url,
+            # issue 20: the Redis exporter (on by default) logs in as a user of its own
+            "redis_exporter_password": "a-real-exporter-secret-0123",
             **broker,
         },
         "vm2": {"celery_app_broker_url": url},

@@ -33,6 +33,8 @@ def inventory(hosts=("vm1", "vm2", "vm3"), **overrides):
         "flower_basic_auth_user": "ops",
         "flower_basic_auth_password": "a-real-flower-secret-42",
         "celery_app_environment": {},
+        # issue 20: the Redis exporter (on by default) logs in as a user of its own
+        "redis_exporter_password": "a-real-exporter-secret-0123",
         **overrides,
     }
     hostvars = {h: settings(**common, ansible_host=h) for h in hosts}

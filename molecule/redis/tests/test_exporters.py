@@ -54,7 +54,7 @@ def sample(text, name, **labels):
         if not match or match.group(1) != name:
             continue
         found = dict(re.findall(r'([a-zA-Z_]+)="((?:[^"\\]|\\.)*)"', match.group(2) or ""))
-        found = {k: json.loads(f'"{v}"') for k, v in found.items()}
+        found = {k: json.loads(f'"{v}"', strict=False) for k, v in found.items()}
         if all(found.get(k) == v for k, v in labels.items()):
             return float(match.group(3))
     return None
@@ -82,12 +82,22 @@ def test_the_broker_up_with_memory_limit_and_aof(host):
     assert sample(text, "redis_aof_last_bgrewrite_status") == 1
 
 
+def priority_list(host, command, queue, step, *args):
+    """`command` on kombu's priority list of `queue` (its name, \\x06\\x16, the step), built in
+    Lua: no line of redis-cli carries a control character."""
+    script = (
+        f"return redis.call('{command}', KEYS[1] .. string.char(6, 22) .. '{step}', unpack(ARGV))"
+    )
+    return admin(host, "EVAL", script, "1", queue, *args)
+
+
 def test_queue_lists_priority_lists_and_unacked_are_reported(host):
     """Two messages in `high`, three in its priority-6 list, one unacked entry delivered 30 s ago:
     the exporter reports each list, `unacked` and `unacked_index`, and the oldest entry's age."""
-    admin(host, "DEL", "high", f"high{SEP}6", "unacked", "unacked_index")
+    admin(host, "DEL", "high", "unacked", "unacked_index")
+    priority_list(host, "DEL", "high", 6)
     admin(host, "LPUSH", "high", "m1", "m2")
-    admin(host, "LPUSH", f"high{SEP}6", "p1", "p2", "p3")
+    priority_list(host, "LPUSH", "high", 6, "p1", "p2", "p3")
     now = int(admin(host, "TIME").splitlines()[0])
     admin(host, "HSET", "unacked", "tag-1", "{}")
     admin(host, "ZADD", "unacked_index", str(now - 30), "tag-1")
@@ -102,7 +112,8 @@ def test_queue_lists_priority_lists_and_unacked_are_reported(host):
         age = sample(text, "redis_script_values", key="celery_unacked_oldest_age_seconds")
         assert 29 <= age < 90, age
     finally:
-        admin(host, "DEL", "high", f"high{SEP}6", "unacked", "unacked_index")
+        admin(host, "DEL", "high", "unacked", "unacked_index")
+        priority_list(host, "DEL", "high", 6)
     text = metrics(host, 9121)
     assert sample(text, "redis_script_values", key="celery_unacked_oldest_age_seconds") == 0
 
