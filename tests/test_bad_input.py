@@ -803,11 +803,13 @@ CASES += [
                     "prometheus_alert_queue_backlog_for",
                     "prometheus_alert_queue_age_for",
                     "prometheus_alert_beat_for",
-                    "prometheus_alert_stranded_for",
-                    "prometheus_alert_failure_for",
                 ],
                 [
+                    "prometheus_alert_stranded_for",
+                    "prometheus_alert_failure_for",
                     "prometheus_alert_exporter_down_for",
+                ],
+                [
                     "prometheus_alert_redis_down_for",
                     "prometheus_alert_redis_memory_for",
                     "prometheus_alert_aof_for",
