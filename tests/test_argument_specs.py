@@ -38,6 +38,7 @@ COMMON = "celery"
 USERS_OF_COMMON = {
     "celery_app",
     "celery_deploy",
+    "celery_exporter",
     "celery_process",
     "celery_workers",
     "flower",

@@ -647,6 +647,48 @@ CASES += [
     )
     for name, value, given, spec in WRONG_TYPES
 ]
+# issue 20: celery_exporter
+CASES += [
+    (
+        "exporter-enabled-not-a-boolean",
+        {"celery_exporter_enabled": "perhaps"},
+        {},
+        "argument 'celery_exporter_enabled' is of type str and we were unable to convert to bool",
+    ),
+    (
+        "exporter-address-not-an-ip-address",
+        {"celery_exporter_address": "worker one"},
+        {},
+        f"celery_exporter_address on {ALL} is 'worker one', not an IP address: the exporter "
+        "binds it",
+    ),
+    (
+        "exporter-port-not-a-number",
+        {"celery_exporter_port": "metrics"},
+        {},
+        "argument 'celery_exporter_port' is of type str and we were unable to convert to int",
+    ),
+    (
+        "exporter-on-flowers-port",
+        {"celery_exporter_port": 5555},
+        {},
+        f"celery_exporter_port on {ALL} is 5555, the port of flower_port there: the exporter could "
+        "not listen",
+    ),
+    (
+        "exporter-port-out-of-range",
+        {"celery_exporter_port": 70000},
+        {},
+        f"celery_exporter_port on {ALL} is 70000: a TCP port is 1 to 65535",
+    ),
+    (
+        "exporter-interval-zero",
+        {"celery_exporter_interval": 0},
+        {},
+        f"celery_exporter_interval on {ALL} is 0: the exporter needs at least 1 second between two "
+        "collections",
+    ),
+]
 # Variables that are str with no rule to break: any text is a value the toolkit can use.
 # Entry-point options that every call passes (include_role vars, above any inventory's value).
 NO_REFUSAL = {

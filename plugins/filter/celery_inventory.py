@@ -114,6 +114,11 @@ RULE_VARIABLES = [
     "node_exporter_port",
     "node_exporter_address",
     "node_exporter_extra_args",
+    # issue 20: celery_exporter
+    "celery_exporter_enabled",
+    "celery_exporter_address",
+    "celery_exporter_port",
+    "celery_exporter_interval",
 ] + list(RENAMED)
 # issue 20: prometheus
 EXPORTER_ROLES = [role for role, _ in EXPORTERS.values()]
@@ -249,6 +254,65 @@ def worker_setting_errors(host: str, hv: Mapping[str, Any]) -> list[Refusal]:
     return found
 
 
+# issue 20: celery_exporter
+def exporter_errors(
+    host: str, hv: Mapping[str, Any], flower: bool = False, broker: bool = False
+) -> list[Refusal]:
+    """The toolkit's Celery exporter (role celery_exporter) on a worker host: an IP address to
+    bind, a port no other service of the host holds, at least a second between collections."""
+    if not truthy(hv.get("celery_exporter_enabled", True)):
+        return []
+    found: list[Refusal] = []
+    address = str(hv.get("celery_exporter_address", "127.0.0.1"))
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        found.append(
+            (
+                "celery_exporter_address",
+                host,
+                f" is {address!r}, not an IP address: the exporter binds it. Set the host's "
+                "private address (or 127.0.0.1, the default without celery_private_address).",
+            )
+        )
+    port = whole(hv.get("celery_exporter_port", 9808))
+    taken = {"flower_port": flower, "redis_port": broker}
+    if port is not None and not 1 <= port <= 65535:
+        found.append(
+            (
+                "celery_exporter_port",
+                host,
+                f" is {port}: a TCP port is 1 to 65535 (9808 is its own).",
+            )
+        )
+    for name, applies in taken.items():
+        if port is not None and applies and port == whole(hv.get(name)):
+            found.append(
+                (
+                    "celery_exporter_port",
+                    host,
+                    f" is {port}, the port of {name} there: the exporter could not listen. Give it "
+                    "another port (9808 is its own).",
+                )
+            )
+    interval = whole(hv.get("celery_exporter_interval", 15))
+    if interval is not None and interval < 1:
+        found.append(
+            (
+                "celery_exporter_interval",
+                host,
+                f" is {interval}: the exporter needs at least 1 second between two collections "
+                "(15 is the default).",
+            )
+        )
+    return found
+
+
+def celery_exporter_errors(settings: Mapping[str, Any], host: str) -> list[str]:
+    """The role's own preflight (roles/celery_exporter/tasks/preflight.yml): this host's rules."""
+    return once(exporter_errors(host, settings))
+
+
 def celery_inventory_errors(groups: Mapping[str, Iterable[str]], settings: Settings) -> list[str]:
     """Ansible entry point: every rule of the inventory's settings (`groups` is Ansible's
     groups: broker, celery_workers, flower)."""
@@ -271,6 +335,9 @@ def celery_inventory_errors(groups: Mapping[str, Iterable[str]], settings: Setti
     found += broker_url_errors(workers, brokers, settings)
     found += broker_url_errors(flowers, brokers, settings, "flower_broker_url")
     found += flower_port_errors(flowers, brokers, settings)
+    # issue 20: celery_exporter
+    for host in workers:
+        found += exporter_errors(host, settings[host], host in flowers, host in brokers)
     needs: dict[str, list[str]] = {}
     for host in brokers:
         needs.setdefault(host, []).extend(["redis_password", "redis_acl_users", "redis_admin_user"])
@@ -286,7 +353,7 @@ def celery_inventory_errors(groups: Mapping[str, Iterable[str]], settings: Setti
     for host in workers:
         found += environment_errors(host, settings[host]["celery_app_environment"])
         found += result_backend_errors(host, settings[host]["celery_app_result_backend"])
-    found += exporter_errors(brokers, workers, settings)
+    found += package_exporter_errors(brokers, workers, settings)
     # issue 20: prometheus
     for host in prometheus_hosts(groups):
         found += prometheus_setting_errors(host, settings[host])
@@ -453,7 +520,9 @@ def node_exporter_errors(host: str, hv: Mapping[str, Any], runs_redis: bool) -> 
     return found
 
 
-def exporter_errors(brokers: list[str], workers: list[str], settings: Settings) -> list[Refusal]:
+def package_exporter_errors(
+    brokers: list[str], workers: list[str], settings: Settings
+) -> list[Refusal]:
     found: list[Refusal] = []
     for host in brokers:
         hv = settings[host]
@@ -484,5 +553,10 @@ class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
             f.__name__: f
-            for f in (celery_inventory_errors, celery_rule_variables, celery_spec_errors)
+            for f in (
+                celery_inventory_errors,
+                celery_rule_variables,
+                celery_spec_errors,
+                celery_exporter_errors,
+            )
         }
