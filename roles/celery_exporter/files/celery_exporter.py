@@ -199,7 +199,8 @@ class Exporter:
             out.append(f"# TYPE {name} {kind}")
             for labels, value in samples:
                 label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
-                out.append(f"{name}{{{label_text}}} {value:g}" if labels else f"{name} {value:g}")
+                number = f"{value:.3f}".rstrip("0").rstrip(".")
+                out.append(f"{name}{{{label_text}}} {number}" if labels else f"{name} {number}")
 
         metric(
             "celery_exporter_broker_up",
