@@ -1,6 +1,6 @@
 """issue 20: exporters. What node_exporter collects of the app's processes under each process
 manager (the seam's filter celery_process_node_exporter), and the rules validate.yml runs on the
-exporters' variables (celery_inventory.exporter_errors)."""
+exporters' variables (celery_inventory.package_exporter_errors)."""
 
 from __future__ import annotations
 

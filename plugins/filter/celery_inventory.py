@@ -269,7 +269,7 @@ def celery_inventory_errors(groups: Mapping[str, Iterable[str]], settings: Setti
     for host in workers:
         found += environment_errors(host, settings[host]["celery_app_environment"])
         found += result_backend_errors(host, settings[host]["celery_app_result_backend"])
-    found += exporter_errors(brokers, workers, settings)
+    found += package_exporter_errors(brokers, workers, settings)
     return errors + once(found)
 
 
@@ -433,7 +433,9 @@ def node_exporter_errors(host: str, hv: Mapping[str, Any], runs_redis: bool) -> 
     return found
 
 
-def exporter_errors(brokers: list[str], workers: list[str], settings: Settings) -> list[Refusal]:
+def package_exporter_errors(
+    brokers: list[str], workers: list[str], settings: Settings
+) -> list[Refusal]:
     found: list[Refusal] = []
     for host in brokers:
         hv = settings[host]
