@@ -45,15 +45,15 @@ ONE_MANAGER_SETTINGS: dict[str, tuple[str, str]] = {
 #   node_systemd_service_restart_total.
 # - supervisor: the supervisord collector over supervisord's unix socket (node_exporter 1.5 reads
 #   unix:// URLs, collector/supervisord.go); Debian's supervisord.conf makes that socket root's
-#   only (chmod=0700), so the seam's entry point `exporter` opens it to the exporter's group
+#   only (chmod=0700), so the seam's entry point `package_exporter` opens it to the exporter's group
 #   (`access`).
 # Debian's build of node_exporter (1.5, bookworm) turns the systemd collector on by default (every
 # unit of the host; upstream's default is off): a host where systemd runs none of the app's
 # processes turns it off.
 APP_PROCESSES = ("worker@{group}", "beat", "flower", "exporter")
 SYSTEMD_COLLECTOR_OFF = "--no-collector.systemd"
-# supervisord's socket, as Debian's supervisord.conf names it (the seam's entry point `exporter`
-# reads it here: `socket`).
+# supervisord's socket, as Debian's supervisord.conf names it (the seam's entry point
+# `package_exporter` reads it here: `socket`).
 SUPERVISOR_SOCKET = "/run/supervisor.sock"
 # A worker group's name (celery_workers_groups; plugin_utils/celery_common.py NAME) in a pattern.
 _GROUP_PATTERN = "[a-z][a-z0-9_-]{0,31}"
@@ -77,8 +77,8 @@ def celery_process_unit_pattern(app: str) -> str:
 def celery_process_node_exporter(manager: str, app: str, runs_app: bool = True) -> dict[str, Any]:
     """node_exporter's settings for the app's processes under `manager` on a host: `args` (its
     command-line options) and `access` (whether the exporter's group must be let in by the seam's
-    entry point `exporter`). A host that runs no process of the app (a broker only) gets neither
-    (and Debian's default systemd collector of every unit is turned off)."""
+    entry point `package_exporter`). A host that runs no process of the app (a broker only) gets
+    neither (and Debian's default systemd collector of every unit is turned off)."""
     celery_process_managers(manager)
     if not runs_app:
         return {"args": [SYSTEMD_COLLECTOR_OFF], "access": False}

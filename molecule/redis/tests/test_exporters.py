@@ -44,14 +44,14 @@ def metrics(host, port):
     return out.stdout
 
 
-def sample(text, name, **labels):
+def sample(text, metric, **labels):
     """The value of one sample (None when absent); label values compared as the exposition
     format escapes them (json-like)."""
     for line in text.splitlines():
         if line.startswith("#"):
             continue
         match = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)$", line)
-        if not match or match.group(1) != name:
+        if not match or match.group(1) != metric:
             continue
         found = dict(re.findall(r'([a-zA-Z_]+)="((?:[^"\\]|\\.)*)"', match.group(2) or ""))
         found = {k: json.loads(f'"{v}"', strict=False) for k, v in found.items()}
@@ -160,6 +160,9 @@ def test_a_broker_only_host_reads_no_app_process(host):
     """No worker group, beat or Flower runs here: the node exporter has no process collector."""
     text = metrics(host, 9100)
     assert sample(text, "node_scrape_collector_success", collector="cpu") == 1
+    # the hardening allows no netlink socket: the network figures come from /proc/net/dev
+    assert sample(text, "node_scrape_collector_success", collector="netdev") == 1
+    assert sample(text, "node_scrape_collector_success", collector="filesystem") == 1
     assert sample(text, "node_scrape_collector_success", collector="systemd") is None
     assert sample(text, "node_scrape_collector_success", collector="supervisord") is None
 
