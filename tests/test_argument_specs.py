@@ -35,7 +35,14 @@ def test_specs_mirror_defaults(role: Path):
 # The one role whose variables every other role shares (the app's name, user, folders, process
 # manager): its variables carry the toolkit's prefix, and the roles that use them depend on it.
 COMMON = "celery"
-USERS_OF_COMMON = {"celery_app", "celery_deploy", "celery_process", "celery_workers", "flower"}
+USERS_OF_COMMON = {
+    "celery_app",
+    "celery_deploy",
+    "celery_exporter",
+    "celery_process",
+    "celery_workers",
+    "flower",
+}
 
 
 def prefix(role: Path) -> str:

@@ -33,6 +33,8 @@ SOUND = {
     "celery_app_broker_url": "redis://:a-real-broker-secret-0123456789@10.0.0.1:6379/0",
     "flower_basic_auth_user": "ops",
     "flower_basic_auth_password": "a-real-flower-secret-42",
+    # issue 20: the Redis exporter (on by default) logs in as a user of its own
+    "redis_exporter_password": "a-real-exporter-secret-0123",
     # the controller's import of the app builds into this checkout's cache, as the scenarios do
     "celery_app_wheelhouse_cache": str(ROOT / ".cache/wheelhouse"),
 }
@@ -645,6 +647,48 @@ CASES += [
     )
     for name, value, given, spec in WRONG_TYPES
 ]
+# issue 20: celery_exporter
+CASES += [
+    (
+        "exporter-enabled-not-a-boolean",
+        {"celery_exporter_enabled": "perhaps"},
+        {},
+        "argument 'celery_exporter_enabled' is of type str and we were unable to convert to bool",
+    ),
+    (
+        "exporter-address-not-an-ip-address",
+        {"celery_exporter_address": "worker one"},
+        {},
+        f"celery_exporter_address on {ALL} is 'worker one', not an IP address: the exporter "
+        "binds it",
+    ),
+    (
+        "exporter-port-not-a-number",
+        {"celery_exporter_port": "metrics"},
+        {},
+        "argument 'celery_exporter_port' is of type str and we were unable to convert to int",
+    ),
+    (
+        "exporter-on-flowers-port",
+        {"celery_exporter_port": 5555},
+        {},
+        f"celery_exporter_port on {ALL} is 5555, the port of flower_port there: the exporter could "
+        "not listen",
+    ),
+    (
+        "exporter-port-out-of-range",
+        {"celery_exporter_port": 70000},
+        {},
+        f"celery_exporter_port on {ALL} is 70000: a TCP port is 1 to 65535",
+    ),
+    (
+        "exporter-interval-zero",
+        {"celery_exporter_interval": 0},
+        {},
+        f"celery_exporter_interval on {ALL} is 0: the exporter needs at least 1 second between two "
+        "collections",
+    ),
+]
 # Variables that are str with no rule to break: any text is a value the toolkit can use.
 # Entry-point options that every call passes (include_role vars, above any inventory's value).
 NO_REFUSAL = {
@@ -664,6 +708,210 @@ CASES += [
     for name, (value, message) in CHOICES_REFUSED.items()
 ]
 
+
+# issue 20: exporters (roles/redis_exporter on vm1, the broker; roles/node_exporter on every host)
+CASES += [
+    (
+        "exporter-password-missing",
+        {"redis_exporter_password": ""},
+        {},
+        "redis_exporter_password on vm1 is empty while redis_exporter_enabled is true: set it",
+    ),
+    (
+        "exporter-password-sample",
+        {"redis_exporter_password": "CHANGE-ME-exporter-at-least-16"},
+        {},
+        "redis_exporter_password on vm1 still holds a sample value",
+    ),
+    (
+        "exporter-password-with-a-newline",
+        {"redis_exporter_password": "a-real-exporter\nsecret-0123"},
+        {},
+        "redis_exporter_password on vm1 holds a newline, which neither the exporter's environment "
+        "file nor Redis's configuration can carry",
+    ),
+    (
+        "exporter-disabled-flag-of-the-wrong-type",
+        {"redis_exporter_enabled": "perhaps"},
+        {},
+        "argument 'redis_exporter_enabled' is of type str and we were unable to convert to bool",
+    ),
+    (
+        "exporter-user-is-the-admin",
+        {"redis_exporter_user": "admin"},
+        {},
+        "redis_exporter_user on vm1 is 'admin': the exporter logs into Redis as a user of its own",
+    ),
+    (
+        "exporter-address-not-an-ip",
+        {},
+        {"vm1": {"redis_exporter_address": "broker.internal"}},
+        "redis_exporter_address on vm1 is 'broker.internal', not an IP address",
+    ),
+    (
+        "exporter-port-is-redis-port",
+        {"redis_exporter_port": 6379},
+        {},
+        "redis_exporter_port on vm1 is 6379, which redis_port takes on this host",
+    ),
+    (
+        "exporter-database-beyond-redis-databases",
+        {"redis_exporter_database": 16},
+        {},
+        "redis_exporter_database on vm1 is 16: Redis has databases 0 to 15",
+    ),
+    (
+        "exporter-queues-not-a-list",
+        {"redis_exporter_queues": {"high": 1}},
+        {},
+        "argument 'redis_exporter_queues' is of type dict and we were unable to convert to list",
+    ),
+    (
+        "exporter-queue-name-empty",
+        {"redis_exporter_queues": ["high", ""]},
+        {},
+        "redis_exporter_queues on vm1 holds an empty queue name",
+    ),
+    (
+        "monitor-firewall-source-not-an-address",
+        {"redis_firewall_monitor_allowed": ["monitor.internal"]},
+        {},
+        "redis_firewall_monitor_allowed on vm1 holds 'monitor.internal', not an IP address",
+    ),
+    (
+        "exporter-acl-rules-over-two-lines",
+        {"redis_acl_exporter_rules": "%R~* -@all\n+info"},
+        {},
+        "redis_acl_exporter_rules on vm1 holds a newline: the rules are one line",
+    ),
+    (
+        "node-exporter-flag-of-the-wrong-type",
+        {"node_exporter_enabled": "perhaps"},
+        {},
+        "argument 'node_exporter_enabled' is of type str and we were unable to convert to bool",
+    ),
+    (
+        "node-exporter-address-not-an-ip",
+        {"node_exporter_address": "0.0.0.0:9100"},
+        {},
+        f"node_exporter_address on {ALL} is '0.0.0.0:9100', not an IP address",
+    ),
+    (
+        "node-exporter-port-out-of-range",
+        {"node_exporter_port": 91000},
+        {},
+        f"node_exporter_port on {ALL} is 91000: give a TCP port from 1 to 65535",
+    ),
+    (
+        "node-exporter-arg-with-a-space",
+        {"node_exporter_extra_args": ["--collector.systemd.unit-include=a b"]},
+        {},
+        f"node_exporter_extra_args on {ALL} holds '--collector.systemd.unit-include=a b': give "
+        "node_exporter's options one word each",
+    ),
+    (
+        "node-exporter-arg-sets-the-listen-address",
+        {"node_exporter_extra_args": ["--web.listen-address=0.0.0.0:9100"]},
+        {},
+        f"node_exporter_extra_args on {ALL} holds '--web.listen-address=0.0.0.0:9100'",
+    ),
+]
+
+# issue 20: prometheus. The thresholds count on the monitor hosts, else on the first worker host
+# (vm1 here). One case per kind of rule; tests/test_celery_alerts.py refuses every variable.
+CASES += [
+    (
+        "prometheus-duration-not-a-duration",
+        {"prometheus_alert_worker_down_for": "2 minutes"},
+        {},
+        "prometheus_alert_worker_down_for on vm1 is '2 minutes', not a Prometheus duration",
+    ),
+    *[
+        (
+            f"prometheus-durations-in-words-{n}",
+            dict.fromkeys(names, "often"),
+            {},
+            f"{names[-1]} on vm1 is 'often', not a Prometheus duration",
+        )
+        for n, names in enumerate(
+            [
+                [
+                    "prometheus_scrape_interval",
+                    "prometheus_evaluation_interval",
+                    "prometheus_retention",
+                    "prometheus_alert_no_consumer_for",
+                ],
+                [
+                    "prometheus_alert_queue_backlog_for",
+                    "prometheus_alert_queue_age_for",
+                    "prometheus_alert_beat_for",
+                    "prometheus_alert_stranded_for",
+                    "prometheus_alert_failure_for",
+                ],
+                [
+                    "prometheus_alert_exporter_down_for",
+                    "prometheus_alert_redis_down_for",
+                    "prometheus_alert_redis_memory_for",
+                    "prometheus_alert_aof_for",
+                ],
+            ]
+        )
+    ],
+    (
+        "prometheus-restarts-zero",
+        {"prometheus_alert_restarts": 0},
+        {},
+        "prometheus_alert_restarts on vm1 is 0: give a number of at least 1.",
+    ),
+    (
+        "prometheus-counts-negative",
+        {
+            "prometheus_alert_queue_backlog": -1,
+            "prometheus_alert_queue_age_seconds": -1,
+            "prometheus_alert_stranded_margin_seconds": -1,
+        },
+        {},
+        "prometheus_alert_stranded_margin_seconds on vm1 is -1: give a number of at least 0.",
+    ),
+    (
+        "prometheus-ratios-above-one",
+        {"prometheus_alert_redis_memory_ratio": 80, "prometheus_alert_failure_ratio": 1.5},
+        {},
+        "prometheus_alert_redis_memory_ratio on vm1 is 80: give a share above 0 and at most 1",
+    ),
+    (
+        "prometheus-queue-threshold-unknown-key",
+        {"prometheus_alert_queue_thresholds": {"high": {"age": 30}}},
+        {},
+        "prometheus_alert_queue_thresholds on vm1 gives queue 'high' {'age': 30}: give each "
+        "queue a mapping of backlog (tasks) and/or age_seconds",
+    ),
+    (
+        "prometheus-address-a-name",
+        {},
+        {"vm1": {"prometheus_address": "monitor.example"}},
+        "prometheus_address on vm1 is 'monitor.example', not an IP address",
+    ),
+    (
+        "prometheus-port-out-of-range",
+        {"prometheus_port": 90900},
+        {},
+        "prometheus_port on vm1 is 90900: give a TCP port, 1 to 65535.",
+    ),
+    (
+        "prometheus-flower-ca-missing",
+        {"prometheus_flower_ca_file": "/nonexistent/ca.pem"},
+        {},
+        "prometheus_flower_ca_file on vm1 names /nonexistent/ca.pem, which is not a file",
+    ),
+    (
+        "prometheus-enabled-of-the-wrong-type",
+        {"prometheus_enabled": "perhaps"},
+        {},
+        "argument 'prometheus_enabled' is of type str and we were unable to convert to bool",
+    ),
+]
+NO_REFUSAL["prometheus_output_dir"] = "any folder on the controller (monitoring.yml creates it)"
 
 VALIDATION_PLAY = "Validate the inventory before any host is changed"
 

@@ -15,6 +15,12 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ansible_collections.celery_toolkit.stack.plugins.filter.celery_alerts import (  # issue 20
+    EXPORTERS,
+    PROMETHEUS_SETTINGS,
+    prometheus_hosts,
+    prometheus_setting_errors,
+)
 from ansible_collections.celery_toolkit.stack.plugins.filter.celery_broker import (
     broker_url_errors,
     flower_port_errors,
@@ -26,6 +32,8 @@ from ansible_collections.celery_toolkit.stack.plugins.filter.celery_process impo
     manager_setting_problems,
 )
 from ansible_collections.celery_toolkit.stack.plugins.filter.celery_secrets import (
+    ACL_NAME,
+    PLACEHOLDERS,
     credential_errors,
     environment_errors,
     result_backend_errors,
@@ -92,7 +100,37 @@ RULE_VARIABLES = [
     "celery_app_requirements",
     "ansible_host",
     "celery_toolkit_sandbox",
+    # issue 20: exporters
+    "redis_exporter_enabled",
+    "redis_exporter_port",
+    "redis_exporter_address",
+    "redis_exporter_user",
+    "redis_exporter_password",
+    "redis_exporter_queues",
+    "redis_exporter_database",
+    "redis_firewall_monitor_allowed",
+    "redis_acl_exporter_rules",
+    "node_exporter_enabled",
+    "node_exporter_port",
+    "node_exporter_address",
+    "node_exporter_extra_args",
+    # issue 20: celery_exporter
+    "celery_exporter_enabled",
+    "celery_exporter_address",
+    "celery_exporter_port",
+    "celery_exporter_interval",
 ] + list(RENAMED)
+# issue 20: prometheus
+EXPORTER_ROLES = [role for role, _ in EXPORTERS.values()]
+RULE_VARIABLES += [
+    *PROMETHEUS_SETTINGS,
+    "prometheus_address",
+    "prometheus_port",
+    "prometheus_flower_ca_file",
+    "prometheus_alert_queue_thresholds",
+    # what the scrape configuration reads of the exporters' roles (h2, h3 may list them too)
+    *(f"{role}_{what}" for role in EXPORTER_ROLES for what in ("enabled", "address", "port")),
+]
 
 
 def celery_rule_variables(defined: Iterable[str]) -> list[str]:
@@ -157,7 +195,7 @@ def broker_setting_errors(host: str, hv: Mapping[str, Any]) -> list[Refusal]:
                 "mb, g or gb ('512mb'; '0' for no limit), and would not start.",
             )
         )
-    for var in ("redis_acl_celery_rules", "redis_acl_flower_rules"):
+    for var in ("redis_acl_celery_rules", "redis_acl_flower_rules", "redis_acl_exporter_rules"):
         if kind := control(hv[var]):
             found.append(
                 (
@@ -216,6 +254,65 @@ def worker_setting_errors(host: str, hv: Mapping[str, Any]) -> list[Refusal]:
     return found
 
 
+# issue 20: celery_exporter
+def exporter_errors(
+    host: str, hv: Mapping[str, Any], flower: bool = False, broker: bool = False
+) -> list[Refusal]:
+    """The toolkit's Celery exporter (role celery_exporter) on a worker host: an IP address to
+    bind, a port no other service of the host holds, at least a second between collections."""
+    if not truthy(hv.get("celery_exporter_enabled", True)):
+        return []
+    found: list[Refusal] = []
+    address = str(hv.get("celery_exporter_address", "127.0.0.1"))
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        found.append(
+            (
+                "celery_exporter_address",
+                host,
+                f" is {address!r}, not an IP address: the exporter binds it. Set the host's "
+                "private address (or 127.0.0.1, the default without celery_private_address).",
+            )
+        )
+    port = whole(hv.get("celery_exporter_port", 9808))
+    taken = {"flower_port": flower, "redis_port": broker}
+    if port is not None and not 1 <= port <= 65535:
+        found.append(
+            (
+                "celery_exporter_port",
+                host,
+                f" is {port}: a TCP port is 1 to 65535 (9808 is its own).",
+            )
+        )
+    for name, applies in taken.items():
+        if port is not None and applies and port == whole(hv.get(name)):
+            found.append(
+                (
+                    "celery_exporter_port",
+                    host,
+                    f" is {port}, the port of {name} there: the exporter could not listen. Give it "
+                    "another port (9808 is its own).",
+                )
+            )
+    interval = whole(hv.get("celery_exporter_interval", 15))
+    if interval is not None and interval < 1:
+        found.append(
+            (
+                "celery_exporter_interval",
+                host,
+                f" is {interval}: the exporter needs at least 1 second between two collections "
+                "(15 is the default).",
+            )
+        )
+    return found
+
+
+def celery_exporter_errors(settings: Mapping[str, Any], host: str) -> list[str]:
+    """The role's own preflight (roles/celery_exporter/tasks/preflight.yml): this host's rules."""
+    return once(exporter_errors(host, settings))
+
+
 def celery_inventory_errors(groups: Mapping[str, Iterable[str]], settings: Settings) -> list[str]:
     """Ansible entry point: every rule of the inventory's settings (`groups` is Ansible's
     groups: broker, celery_workers, flower)."""
@@ -238,6 +335,9 @@ def celery_inventory_errors(groups: Mapping[str, Iterable[str]], settings: Setti
     found += broker_url_errors(workers, brokers, settings)
     found += broker_url_errors(flowers, brokers, settings, "flower_broker_url")
     found += flower_port_errors(flowers, brokers, settings)
+    # issue 20: celery_exporter
+    for host in workers:
+        found += exporter_errors(host, settings[host], host in flowers, host in brokers)
     needs: dict[str, list[str]] = {}
     for host in brokers:
         needs.setdefault(host, []).extend(["redis_password", "redis_acl_users", "redis_admin_user"])
@@ -253,7 +353,186 @@ def celery_inventory_errors(groups: Mapping[str, Iterable[str]], settings: Setti
     for host in workers:
         found += environment_errors(host, settings[host]["celery_app_environment"])
         found += result_backend_errors(host, settings[host]["celery_app_result_backend"])
+    found += package_exporter_errors(brokers, workers, settings)
+    # issue 20: prometheus
+    for host in prometheus_hosts(groups):
+        found += prometheus_setting_errors(host, settings[host])
     return errors + once(found)
+
+
+# issue 20: exporters. The rules of roles/redis_exporter and roles/node_exporter (Debian's
+# prometheus-redis-exporter on the broker hosts, prometheus-node-exporter on broker and worker
+# hosts).
+EXPORTER_ARG = re.compile(r"^--[a-z0-9][a-z0-9._-]*(=\S*)?$")
+EXPORTER_OWN_ARGS = ("--web.listen-address", "--collector.textfile.directory")
+
+
+def _exporter_listen_errors(
+    host: str, hv: Mapping[str, Any], role: str, taken: dict[str, Any]
+) -> list[Refusal]:
+    """<role>_address is an IP address; <role>_port a TCP port no other service of the host
+    takes."""
+    found: list[Refusal] = []
+    address = str(hv.get(f"{role}_address") or "")
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        found.append(
+            (
+                f"{role}_address",
+                host,
+                f" is {address!r}, not an IP address: the exporter listens there and Prometheus "
+                "scrapes it there. Give the host's private address, or leave it unset (the host's "
+                "celery_private_address, else 127.0.0.1).",
+            )
+        )
+    port = whole(hv.get(f"{role}_port"))
+    if port is not None and not 1 <= port <= 65535:
+        found.append((f"{role}_port", host, f" is {port}: give a TCP port from 1 to 65535."))
+    elif port is not None:
+        for other, value in taken.items():
+            if whole(value) == port:
+                found.append(
+                    (
+                        f"{role}_port",
+                        host,
+                        f" is {port}, which {other} takes on this host: give the exporter a "
+                        "port of its own.",
+                    )
+                )
+    return found
+
+
+def redis_exporter_errors(host: str, hv: Mapping[str, Any]) -> list[Refusal]:
+    """A broker host with redis_exporter_enabled: the exporter's password (set, long enough, not a
+    sample, carried by its environment file and Redis's configuration), its ACL user (a word of
+    its own), where it listens, the database it reads."""
+    sandbox = truthy(hv.get("celery_toolkit_sandbox", False))
+    found: list[Refusal] = []
+    password = hv.get("redis_exporter_password")
+    password = "" if password is None else str(password)
+    if len(password) < 16:
+        found.append(
+            (
+                "redis_exporter_password",
+                host,
+                f" is {'empty' if not password else 'too short'} while redis_exporter_enabled is "
+                "true: set it (at least 16 characters) in the inventory, encrypted with "
+                "ansible-vault, or set redis_exporter_enabled to false.",
+            )
+        )
+    elif not sandbox and any(marker in password.lower() for marker in PLACEHOLDERS):
+        found.append(
+            (
+                "redis_exporter_password",
+                host,
+                " still holds a sample value: replace it with a real secret (and ansible-vault "
+                "encrypt the file it lives in).",
+            )
+        )
+    elif kind := control(password):
+        found.append(
+            (
+                "redis_exporter_password",
+                host,
+                f" holds {kind}, which neither the exporter's environment file nor Redis's "
+                "configuration can carry: choose a password without control characters (any "
+                "printable character is fine).",
+            )
+        )
+    user = str(hv.get("redis_exporter_user") or "")
+    others = {str(u.get("name")) for u in hv.get("redis_acl_users") or [] if isinstance(u, Mapping)}
+    if not ACL_NAME.match(user) or user in {"default", str(hv.get("redis_admin_user"))} | others:
+        found.append(
+            (
+                "redis_exporter_user",
+                host,
+                f" is {user!r}: the exporter logs into Redis as a user of its own, a plain word "
+                "(letters, digits, '.', '_' and '-') that is not `default`, redis_admin_user nor "
+                "a name of redis_acl_users, e.g. redis-exporter.",
+            )
+        )
+    found += _exporter_listen_errors(
+        host,
+        hv,
+        "redis_exporter",
+        {"redis_port": hv.get("redis_port"), "node_exporter_port": hv.get("node_exporter_port")},
+    )
+    database = whole(hv.get("redis_exporter_database"))
+    databases = whole(hv.get("redis_databases"))
+    if database is not None and databases is not None and not 0 <= database < databases:
+        found.append(
+            (
+                "redis_exporter_database",
+                host,
+                f" is {database}: Redis has databases 0 to {databases - 1} (redis_databases). Give "
+                "the database of the app's broker URL (the number after its last '/').",
+            )
+        )
+    queues = hv.get("redis_exporter_queues")
+    if isinstance(queues, list) and any(not str(q) or control(q) for q in queues):
+        found.append(
+            (
+                "redis_exporter_queues",
+                host,
+                " holds an empty queue name or one with a control character: list the app's "
+                "queues as the app names them, or leave it unset (every queue the app uses).",
+            )
+        )
+    for address in hv.get("redis_firewall_monitor_allowed") or []:
+        try:
+            ipaddress.ip_network(str(address), strict=False)
+        except ValueError:
+            found.append(
+                (
+                    "redis_firewall_monitor_allowed",
+                    host,
+                    f" holds {str(address)!r}, not an IP address or network: nftables would "
+                    "refuse the broker's table. List the monitor hosts' addresses (10.0.0.9, "
+                    "10.0.0.0/24).",
+                )
+            )
+    return found
+
+
+def node_exporter_errors(host: str, hv: Mapping[str, Any], runs_redis: bool) -> list[Refusal]:
+    """A host with node_exporter_enabled: where it listens, its extra options (one word each:
+    Debian's unit splits ARGS at spaces; not the ones the role sets)."""
+    taken = {"flower_port": hv.get("flower_port")}
+    if runs_redis:
+        taken["redis_port"] = hv.get("redis_port")
+        taken["redis_exporter_port"] = hv.get("redis_exporter_port")
+    found = _exporter_listen_errors(host, hv, "node_exporter", taken)
+    args = hv.get("node_exporter_extra_args")
+    for arg in args if isinstance(args, list) else []:
+        text = str(arg)
+        if not EXPORTER_ARG.match(text) or text.split("=")[0] in EXPORTER_OWN_ARGS:
+            found.append(
+                (
+                    "node_exporter_extra_args",
+                    host,
+                    f" holds {text!r}: give node_exporter's options one word each, '--name' or "
+                    "'--name=value' without spaces (Debian's unit splits its options at spaces), "
+                    "and not --web.listen-address nor --collector.textfile.directory (set from "
+                    "node_exporter_address and node_exporter_port).",
+                )
+            )
+    return found
+
+
+def package_exporter_errors(
+    brokers: list[str], workers: list[str], settings: Settings
+) -> list[Refusal]:
+    found: list[Refusal] = []
+    for host in brokers:
+        hv = settings[host]
+        if truthy(hv.get("redis_exporter_enabled", False)):
+            found += redis_exporter_errors(host, hv)
+    for host in dict.fromkeys(brokers + workers):
+        hv = settings[host]
+        if truthy(hv.get("node_exporter_enabled", False)):
+            found += node_exporter_errors(host, hv, host in brokers)
+    return found
 
 
 def celery_spec_errors(results: Mapping[str, Iterable[Mapping[str, Any]]]) -> list[str]:
@@ -274,5 +553,10 @@ class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
             f.__name__: f
-            for f in (celery_inventory_errors, celery_rule_variables, celery_spec_errors)
+            for f in (
+                celery_inventory_errors,
+                celery_rule_variables,
+                celery_spec_errors,
+                celery_exporter_errors,
+            )
         }

@@ -37,6 +37,66 @@ ONE_MANAGER_SETTINGS: dict[str, tuple[str, str]] = {
 }
 
 
+# What node_exporter (roles/node_exporter) collects of the app's processes under each manager:
+# its collector options, and (supervisor) the socket it reads. The process names are the seam's
+# ("worker@<group>", "beat", "flower", "exporter"); the rules of issue 20 read the metrics.
+# - systemd: the systemd collector (off by default in node_exporter 1.5) limited to the app's
+#   units (node_exporter anchors the pattern: ^(?:...)$), with NRestarts as
+#   node_systemd_service_restart_total.
+# - supervisor: the supervisord collector over supervisord's unix socket (node_exporter 1.5 reads
+#   unix:// URLs, collector/supervisord.go); Debian's supervisord.conf makes that socket root's
+#   only (chmod=0700), so the seam's entry point `exporter` opens it to the exporter's group
+#   (`access`).
+APP_PROCESSES = ("worker@{group}", "beat", "flower", "exporter")
+# supervisord's socket, as Debian's supervisord.conf names it (the seam's entry point `exporter`
+# reads it here: `socket`).
+SUPERVISOR_SOCKET = "/run/supervisor.sock"
+# A worker group's name (celery_workers_groups; plugin_utils/celery_common.py NAME) in a pattern.
+_GROUP_PATTERN = "[a-z][a-z0-9_-]{0,31}"
+_RE2_SPECIAL = set(".^$*+?()[]{}|\\")
+
+
+def _re2_literal(text: str) -> str:
+    return "".join("\\" + char if char in _RE2_SPECIAL else char for char in text)
+
+
+def celery_process_unit_pattern(app: str) -> str:
+    """The pattern of the app's units under systemd (the systemd collector's unit-include):
+    <app>-worker@<group>.service, <app>-beat.service, <app>-flower.service,
+    <app>-exporter.service, nothing else."""
+    processes = "|".join(
+        _re2_literal(p).replace(_re2_literal("{group}"), _GROUP_PATTERN) for p in APP_PROCESSES
+    )
+    return f"{_re2_literal(app)}-(?:{processes})\\.service"
+
+
+def celery_process_node_exporter(manager: str, app: str, runs_app: bool = True) -> dict[str, Any]:
+    """node_exporter's settings for the app's processes under `manager` on a host: `args` (its
+    command-line options) and `access` (whether the exporter's group must be let in by the seam's
+    entry point `exporter`). A host that runs no process of the app (a broker only) gets neither."""
+    celery_process_managers(manager)
+    if not runs_app:
+        return {"args": [], "access": False}
+    if manager == "systemd":
+        return {
+            "args": [
+                "--collector.systemd",
+                f"--collector.systemd.unit-include={celery_process_unit_pattern(app)}",
+                "--collector.systemd.enable-restarts-metrics",
+                "--collector.systemd.enable-start-time-metrics",
+            ],
+            "access": False,
+        }
+    return {
+        "args": [
+            "--collector.supervisord",
+            f"--collector.supervisord.url=unix://{SUPERVISOR_SOCKET}",
+        ],
+        "access": True,
+        "socket": SUPERVISOR_SOCKET,
+    }
+
+
 def manager_setting_problems(manager: str, truthy_settings: Iterable[str]) -> list[tuple[str, str]]:
     """(variable, why) for each setting that is on but that `manager` (a host's
     celery_process_manager) cannot apply; the pre-deploy rules word them (celery_inventory.py)."""
@@ -210,6 +270,8 @@ class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
             "celery_process_managers": celery_process_managers,
+            "celery_process_node_exporter": celery_process_node_exporter,
+            "celery_process_unit_pattern": celery_process_unit_pattern,
             "celery_process_node": celery_process_node,
             "celery_process_recorded_manager": celery_process_recorded_manager,
             "celery_supervisor_program": celery_supervisor_program,
@@ -219,3 +281,56 @@ class FilterModule:
             "celery_supervisor_not_restarted": celery_supervisor_not_restarted,
             "celery_systemd_described": celery_systemd_described,
         }
+
+
+# issue 20: prometheus
+# What node_exporter says of a process of the app under each manager: the alert rules
+# (plugins/filter/celery_alerts.py) record "process P of the app runs on host H" (1/0) and "P's
+# restarts over RESTART_WINDOW" from these expressions, and never name a manager themselves.
+# systemd: node_exporter 1.5's systemd collector, `node_systemd_unit_state{name=<unit>,state=...}`
+# (1 for the unit's current state) and, with --collector.systemd.enable-restarts-metrics,
+# `node_systemd_service_restart_total{name=<unit>}` (systemd's NRestarts: automatic restarts).
+# supervisor: its supervisord collector, `node_supervisord_up{name=<program>}` (1 while RUNNING,
+# STARTING or STOPPING) and `node_supervisord_start_time_seconds` (emitted while running; a restart
+# changes it, supervisord counts none).
+RESTART_WINDOW = "15m"
+
+
+def _label(value: str) -> str:
+    """A PromQL label value in double quotes."""
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _series(metric: str, host: str, **labels: str) -> str:
+    matchers = {"job": "node", "host": host, **labels}
+    return metric + "{" + ",".join(f"{k}={_label(v)}" for k, v in matchers.items()) + "}"
+
+
+def celery_process_up_promql(manager: str, app: str, process: str, host: str) -> str:
+    """PromQL, one series labelled `host`: 1 when `process` ("worker@<group>", "beat", "flower",
+    "exporter") of `app` runs on `host` under `manager`, 0 when it does not, or when the manager
+    does not know it while node_exporter answers; 0 too when node_exporter does not answer."""
+    celery_process_managers(manager)
+    if manager == "systemd":
+        running = _series(
+            "node_systemd_unit_state", host, name=f"{app}-{process}.service", state="active"
+        )
+    else:
+        running = _series("node_supervisord_up", host, name=celery_supervisor_program(process, app))
+    reachable = _series("up", host)
+    return f"max by (host) ({running}) or on (host) (0 * max by (host) ({reachable}))"
+
+
+def celery_process_restarts_promql(manager: str, app: str, process: str, host: str) -> str:
+    """PromQL, one series labelled `host`: how often `process` of `app` restarted on `host` over
+    the last RESTART_WINDOW under `manager` (absent while node_exporter does not know it)."""
+    celery_process_managers(manager)
+    if manager == "systemd":
+        counter = _series(
+            "node_systemd_service_restart_total", host, name=f"{app}-{process}.service"
+        )
+        return f"max by (host) (increase({counter}[{RESTART_WINDOW}]))"
+    start = _series(
+        "node_supervisord_start_time_seconds", host, name=celery_supervisor_program(process, app)
+    )
+    return f"max by (host) (changes({start}[{RESTART_WINDOW}]))"

@@ -1,6 +1,7 @@
 """What Celery itself says of a deployed layout, asked from a worker host as the app
 (<app>-run python -c ...): the health gate after every start (roles/celery_workers/tasks/
-health.yml), playbooks/verify.yml and rollback.yml's queue count. Needs nothing from the app:
+health.yml), playbooks/verify.yml and rollback.yml's queue count; roles/celery_exporter's
+exporter imports judge_group (installed beside it). Needs nothing from the app:
 no task of its own, no result backend.
 
 Reads one JSON object on the command line:
@@ -32,6 +33,20 @@ from celery.app.utils import find_app
 PROBE_TASK = "celery.accumulate"  # registered by Celery in every app
 
 
+def judge_group(node: str, want: list, ping, active) -> dict:
+    """A group's node is healthy when it answered a ping and consumes exactly its queues (`want`);
+    `ping` and `active` are its answers to Celery's ping and active_queues (None: no answer).
+    The health gate and roles/celery_exporter's celery_group_up both judge with this."""
+    got = sorted(q["name"] for q in active or [])
+    return {
+        "node": node,
+        "ping": "pong" if ping else "no answer",
+        "queues": got,
+        "expected": sorted(want),
+        "ok": bool(ping) and got == sorted(want),
+    }
+
+
 def check_host(app, groups: dict, timeout: float = 60, node: str = "{group}@{host}") -> dict:
     host = socket.gethostname()
     nodes = {node.format(group=group, host=host): sorted(qs) for group, qs in groups.items()}
@@ -48,18 +63,9 @@ def check_host(app, groups: dict, timeout: float = 60, node: str = "{group}@{hos
             if (ping and active is not None) or time.monotonic() >= deadline:
                 break
             time.sleep(0.5)
-        got = sorted(q["name"] for q in active or [])
-        row_ok = bool(ping) and got == want
-        ok = ok and row_ok
-        rows.append(
-            {
-                "node": node,
-                "ping": "pong" if ping else "no answer",
-                "queues": got,
-                "expected": want,
-                "ok": row_ok,
-            }
-        )
+        row = judge_group(node, want, ping, active)
+        ok = ok and row["ok"]
+        rows.append(row)
     lines = [
         f"worker {r['node']:<28} {r['ping']:<5} queues {','.join(r['queues']) or '-'}"
         + ("" if r["ok"] else f"   EXPECTED {','.join(r['expected'])}")
