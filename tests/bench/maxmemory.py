@@ -1,23 +1,31 @@
 #!/usr/bin/env python3
-"""Benchmark: Redis filled to maxmemory (noeviction) while workers consume; are messages lost?
+"""Benchmark: Redis filled to maxmemory (noeviction) while workers consume: are messages lost,
+and does RedisMemoryHigh fire before the first refused publish?
 
-    scripts/demo                                   # the sandbox fleet, once
-    .venv/bin/python tests/bench/maxmemory.py [--maxmemory 8mb] [--seconds 20] [--runs 2]
+    scripts/demo                                   # the sandbox fleet with its monitor, once
+    .venv/bin/python tests/bench/maxmemory.py [--maxmemory 8mb] [--fill-seconds 120]
+        [--hold-seconds 30] [--runs 2] [--variants results ignore]
+        [--json .cache/bench/maxmemory.json]
 
-It deploys the sandbox with a small redis_maxmemory (deploy.yml -e redis_maxmemory=...), then,
-for each variant and run, a producer on the worker host publishes probe tasks to `high` (each
-carrying a header of --pad bytes) as fast as it can for --seconds while the fast group consumes
-them; Redis is full within a second and from then on refuses publishes, and the workers' own
-writes, whenever used memory is above the limit. The producer counts publishes attempted,
-refused (an error from Redis) and accepted (their task ids). After the flood the script waits
-until `high` and `unacked` hold nothing of the run, then reads the workers' logs: every accepted
-task id should be logged as succeeded exactly once. "lost" = accepted, never run, and in no Redis
-list or hash any more. It also reads Redis's error counters (INFO errorstats: OOM and EXECABORT
-replies) and, with --monitor, the time the RedisMemoryHigh alert fired on the monitor host's
-Prometheus against the time of the first refused publish. Variants:
-  results   the app as deployed: results (and task_track_started) in the broker's Redis
-  ignore    the same tasks sent with ignore_result=True: no result writes by the workers
-The fleet is deployed again without the -e at the end (redis_maxmemory from the inventory).
+It deploys the sandbox with a small limit (deploy.yml -e redis_maxmemory=...), then for each
+variant and run:
+  - stops the slow group, so that `low` has no consumer (the incident: a queue nobody consumes);
+  - a producer on the worker host (as the app) sends probe tasks carrying --pad bytes each to
+    `low` at the rate that fills Redis's room in --fill-seconds, and --high-rate probe tasks a
+    second to `high`, which the fast group consumes, for fill + hold seconds: Redis reaches
+    maxmemory and refuses publishes (and every other write) from then on, while the fast group
+    keeps popping `high`. Every publish is counted: attempted, refused (an error from Redis),
+    accepted (its task id kept);
+  - the operator's fix: the limit lifted (CONFIG SET maxmemory 0), the fast group restarted if it
+    does not answer a ping, the slow group started; once `high`, `low` and `unacked` are empty
+    the limit is put back;
+  - the workers' logs say which task ids ran: "lost" = accepted and never run (nothing is left
+    in Redis by then); Redis's INFO errorstats the OOM and EXECABORT replies it sent; systemd
+    the fast group's restarts; the monitor's Prometheus (query_range of ALERTS) when
+    RedisMemoryHigh went pending and fired, against the producer's first refused publish.
+Variants: `results` is the app as deployed (results and task_track_started in the broker's
+Redis); `ignore` sends the same tasks with ignore_result=True (the workers write no results:
+only kombu's own bookkeeping remains). The fleet is deployed again without the -e at the end.
 Prints the runs side by side.
 """
 
@@ -43,33 +51,46 @@ BIN = ROOT / ".venv" / "bin"
 # Runs on the worker host as the app (refapp-run python -c ...): publish for SECONDS, print JSON.
 PRODUCE = r"""
 import json, sys, time
-from refapp import app
 from refapp.tasks.probe import probe
 prefix, seconds, pad, ignore = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
+rates = {"low": float(sys.argv[5]), "high": float(sys.argv[6])}
 headers = {"bench_pad": "x" * pad}
-accepted, refused, errors, first_refusal, last_refusal = [], 0, {}, None, None
 options = {"ignore_result": True} if ignore else {}
-end = time.time() + seconds
-i = 0
-while time.time() < end:
-    task_id = f"{prefix}-{i}"
-    i += 1
-    try:
-        probe.apply_async(args=[task_id], queue="high", task_id=task_id, headers=headers, **options)
-    except Exception as exc:  # Redis's OOM reply, raised by kombu (no retry: not a connection error)
-        refused += 1
-        now = time.time()
-        first_refusal = first_refusal or now
-        last_refusal = now
-        key = f"{type(exc).__name__}: {str(exc)[:80]}"
-        errors[key] = errors.get(key, 0) + 1
-        time.sleep(0.001)
-    else:
-        accepted.append(task_id)
-print(json.dumps({"attempted": i, "accepted": accepted, "refused": refused, "errors": errors,
-                  "first_refusal": first_refusal, "last_refusal": last_refusal}))
+out = {"attempted": 0, "accepted": [], "refused": 0, "errors": {}, "first_refusal": None,
+       "last_accepted": None}
+start = time.time()
+sent = {queue: 0 for queue in rates}
+while (now := time.time()) < start + seconds:
+    due = [q for q, rate in rates.items() if sent[q] < rate * (now - start)]
+    if not due:
+        time.sleep(0.002)
+        continue
+    for queue in due:
+        task_id = f"{prefix}-{queue}-{sent[queue]}"
+        sent[queue] += 1
+        out["attempted"] += 1
+        try:
+            probe.apply_async(
+                args=[task_id], queue=queue, task_id=task_id, headers=headers, **options
+            )
+        except Exception as exc:  # Redis's OOM reply, at once (no retry: no connection error)
+            out["refused"] += 1
+            out["first_refusal"] = out["first_refusal"] or time.time()
+            key = f"{type(exc).__name__}: {str(exc)[:90]}"
+            out["errors"][key] = out["errors"].get(key, 0) + 1
+        else:
+            out["accepted"].append(task_id)
+            out["last_accepted"] = time.time()
+print(json.dumps(out))
 """
 
+PING = """
+import sys
+from refapp import app
+print(bool(app.control.inspect(destination=[sys.argv[1]], timeout=5).ping()))
+"""
+
+NOISE = re.compile(r"\[[^\]]*\]|[0-9a-f-]{36}|\d+\.\d+")  # times, ids: alike lines alike
 TASK_LINE = re.compile(r"Task refapp\.tasks\.probe\.probe\[([^\]]+)\] (succeeded|raised|received)")
 
 
@@ -90,35 +111,90 @@ class Fleet:
         run([str(BIN / "ansible-playbook"), "-i", str(self.inventory), f"playbooks/{book}", *extra])
 
     def as_app(self, script: str, *args: str) -> str:
-        return run(["docker", "exec", self.host, "refapp-run", "python", "-c", script, *args]).stdout
+        return run(
+            ["docker", "exec", self.host, "refapp-run", "python", "-c", script, *args]
+        ).stdout
+
+    def unit(self, action: str, group: str) -> str:
+        return run(
+            ["docker", "exec", self.host, "systemctl", action, f"refapp-worker@{group}"]
+        ).stdout
+
+    def restarts(self, group: str) -> int:
+        out = run(
+            [
+                "docker",
+                "exec",
+                self.host,
+                "systemctl",
+                "show",
+                "-p",
+                "NRestarts",
+                "--value",
+                f"refapp-worker@{group}",
+            ]
+        ).stdout
+        return int(out.strip() or 0)
 
     def redis(self, *command: str, db: int = 0) -> str:
         """A command as Redis's administrator; the password in the environment, not on argv."""
         return run(
-            ["docker", "exec", "-e", "REDISCLI_AUTH", self.broker, "redis-cli", "--user", "admin",
-             "-n", str(db), "--no-auth-warning", *command],
+            [
+                "docker",
+                "exec",
+                "-e",
+                "REDISCLI_AUTH",
+                self.broker,
+                "redis-cli",
+                "--user",
+                "admin",
+                "-n",
+                str(db),
+                "--no-auth-warning",
+                *command,
+            ],
             env={"REDISCLI_AUTH": self.password, "PATH": "/usr/bin:/bin"},
         ).stdout.strip()
 
     def info(self, section: str) -> dict[str, str]:
-        pairs = (line.split(":", 1) for line in self.redis("INFO", section).splitlines() if ":" in line)
+        pairs = (
+            line.split(":", 1) for line in self.redis("INFO", section).splitlines() if ":" in line
+        )
         return {k: v.strip() for k, v in pairs}
 
     def errorstats(self) -> dict[str, int]:
-        out = {}
-        for key, value in self.info("errorstats").items():
-            out[key.removeprefix("errorstat_")] = int(value.split("count=")[1].split(",")[0])
-        return out
+        return {
+            key.removeprefix("errorstat_"): int(value.split("count=")[1].split(",")[0])
+            for key, value in self.info("errorstats").items()
+        }
+
+    def pending(self) -> int:
+        return sum(int(self.redis("LLEN", q)) for q in ("high", "low")) + int(
+            self.redis("HLEN", "unacked")
+        )
 
     def journal(self, since: float) -> str:
         return run(
-            ["docker", "exec", self.host, "journalctl", "-o", "cat", "--no-pager", "--since",
-             f"@{since:.0f}", "-t", "refapp-worker-fast", "-t", "refapp-worker-slow"]
+            [
+                "docker",
+                "exec",
+                self.host,
+                "journalctl",
+                "-o",
+                "cat",
+                "--no-pager",
+                "--since",
+                f"@{since:.0f}",
+                "-t",
+                "refapp-worker-fast",
+                "-t",
+                "refapp-worker-slow",
+            ]
         ).stdout
 
 
 class MemorySampler(threading.Thread):
-    """used_memory every 0.25 s during the flood: the highest share of maxmemory."""
+    """used_memory every 0.5 s during the flood: the highest share of maxmemory."""
 
     def __init__(self, fleet: Fleet) -> None:
         super().__init__(daemon=True)
@@ -128,20 +204,33 @@ class MemorySampler(threading.Thread):
         while not self.stop.is_set():
             info = self.fleet.info("memory")
             self.peak = max(self.peak, int(info["used_memory"]))
-            self.limit = int(info["maxmemory"])
-            time.sleep(0.25)
+            self.limit = max(self.limit, int(info["maxmemory"]))
+            time.sleep(0.5)
 
 
-def alert_fired_at(prometheus: str, alert: str, start: float, end: float) -> float | None:
-    """First time in [start, end] at which ALERTS{alertname=alert, alertstate="firing"} was 1."""
-    query = urllib.parse.urlencode(
-        {"query": f'ALERTS{{alertname="{alert}",alertstate="firing"}}', "start": start,
-         "end": end, "step": 1}
-    )
-    with urllib.request.urlopen(f"{prometheus}/api/v1/query_range?{query}", timeout=10) as resp:
-        result = json.load(resp)["data"]["result"]
-    times = [float(t) for series in result for t, _ in series["values"]]
-    return min(times) if times else None
+def alert_times(prometheus: str, alert: str, start: float, end: float) -> dict[str, float | None]:
+    """First time in [start, end] at which the alert was pending, and firing (query_range, 1 s)."""
+    out = {}
+    for state in ("pending", "firing"):
+        query = urllib.parse.urlencode(
+            {
+                "query": f'ALERTS{{alertname="{alert}",alertstate="{state}"}}',
+                "start": f"{start:.0f}",
+                "end": f"{end:.0f}",
+                "step": "1",
+            }
+        )
+        with urllib.request.urlopen(f"{prometheus}/api/v1/query_range?{query}", timeout=10) as resp:
+            result = json.load(resp)["data"]["result"]
+        times = [float(t) for series in result for t, _ in series["values"]]
+        out[state] = min(times) if times else None
+    return out
+
+
+def firing_now(prometheus: str, alert: str) -> bool:
+    with urllib.request.urlopen(f"{prometheus}/api/v1/alerts", timeout=10) as resp:
+        alerts = json.load(resp)["data"]["alerts"]
+    return any(a["labels"].get("alertname") == alert for a in alerts)
 
 
 def wait(predicate, timeout: float, step: float = 1.0) -> bool:
@@ -153,78 +242,115 @@ def wait(predicate, timeout: float, step: float = 1.0) -> bool:
     return False
 
 
-def one_run(fleet: Fleet, variant: str, args: argparse.Namespace) -> dict:
+def one_run(fleet: Fleet, variant: str, args: argparse.Namespace, limit: int) -> dict:
     prefix = f"bench-oom-{uuid.uuid4().hex[:8]}"
-    before = fleet.errorstats()
-    since = time.time() - 1
+    node = f"fast@{fleet.host}"
+    if args.prometheus and not wait(lambda: not firing_now(args.prometheus, args.alert), 120, 5):
+        sys.exit(f"{args.alert} still firing before the run")
+    fleet.unit("stop", "slow")  # `low` has no consumer from now on
+    before, restarts_before = fleet.errorstats(), fleet.restarts("fast")
+    room = limit - int(fleet.info("memory")["used_memory"])
+    # a message: its padding plus about 1.2 kB of Celery's envelope (LLEN against used_memory)
+    fill_rate = room / ((args.pad + 1200) * args.fill_seconds)
+    started = time.time()
     sampler = MemorySampler(fleet)
     sampler.start()
-    out = fleet.as_app(PRODUCE, prefix, str(args.seconds), str(args.pad), "1" if variant == "ignore" else "0")
+    out = fleet.as_app(
+        PRODUCE,
+        prefix,
+        str(args.fill_seconds + args.hold_seconds),
+        str(args.pad),
+        "1" if variant == "ignore" else "0",
+        f"{fill_rate:.3f}",
+        str(args.high_rate),
+    )
     sampler.stop.set()
     produced = json.loads(out.strip().splitlines()[-1])
     flood_end = time.time()
-
-    def ours_pending() -> int:
-        queued = int(fleet.redis("LLEN", "high"))
-        unacked = [k for k in fleet.redis("HKEYS", "unacked").splitlines() if k]
-        return queued + len(unacked)
-
-    drained = wait(lambda: ours_pending() == 0, args.drain_timeout)
+    answered_at_end = fleet.as_app(PING, node).strip() == "True"
+    restarts = fleet.restarts("fast") - restarts_before
+    after = fleet.errorstats()
+    alert = {}
+    if args.prometheus:
+        alert = alert_times(args.prometheus, args.alert, started - 30, flood_end)
+    # the operator's fix (the alert's runbook): more room, a worker that answers, the consumer back
+    fleet.redis("CONFIG", "SET", "maxmemory", "0")
+    if not answered_at_end or fleet.as_app(PING, node).strip() != "True":
+        fleet.unit("restart", "fast")
+    fleet.unit("start", "slow")
+    drained = wait(lambda: fleet.pending() == 0, args.drain_timeout, 2)
     time.sleep(5)  # the last tasks' log lines
-    journal = fleet.journal(since)
+    left = fleet.pending()
+    journal = fleet.journal(started - 1)
+    fleet.redis("CONFIG", "SET", "maxmemory", str(limit))
     outcome: dict[str, dict[str, int]] = {"succeeded": {}, "raised": {}, "received": {}}
     for task_id, what in TASK_LINE.findall(journal):
         if task_id.startswith(prefix):
             outcome[what][task_id] = outcome[what].get(task_id, 0) + 1
     accepted = set(produced["accepted"])
     succeeded = set(outcome["succeeded"])
-    left = ours_pending()
-    errors = [line for line in journal.splitlines() if re.search(r"ERROR|CRITICAL|Traceback", line)]
-    after = fleet.errorstats()
+    lost = accepted - succeeded
+    errors = [line for line in journal.splitlines() if re.search(r"ERROR|CRITICAL", line)]
+    first_refusal = produced["first_refusal"]
     result = {
         "variant": variant,
         "attempted": produced["attempted"],
-        "accepted": len(accepted),
         "refused": produced["refused"],
+        "accepted": len(accepted),
         "ran": len(succeeded & accepted),
         "ran_twice": sum(1 for n in outcome["succeeded"].values() if n > 1),
-        "raised": len(set(outcome["raised"]) - succeeded),
-        "never_received": len(accepted - set(outcome["received"])),
-        "lost": len(accepted - succeeded) if drained else None,
+        "lost": len(lost) if drained else None,
+        "lost_high": sum(1 for t in lost if "-high-" in t),
+        "lost_never_received": len(lost - set(outcome["received"])),
+        "lost_raised": len(lost & set(outcome["raised"])),
         "left_in_redis": left,
         "oom_replies": after.get("OOM", 0) - before.get("OOM", 0),
         "execabort_replies": after.get("EXECABORT", 0) - before.get("EXECABORT", 0),
-        "peak_share": sampler.peak / sampler.limit if sampler.limit else 0,
+        "fast_restarts": restarts,
+        "fast_answered_at_end": answered_at_end,
+        "peak_share": sampler.peak / limit,
+        "fill_rate": fill_rate,
+        "first_refusal_s": first_refusal - started if first_refusal else None,
+        "alert_pending_s": alert["pending"] - started if alert.get("pending") else None,
+        "alert_fired_s": alert["firing"] - started if alert.get("firing") else None,
         "worker_errors": len(errors),
-        "error_samples": sorted({re.sub(r"\[[^\]]*\]", "[..]", e)[:160] for e in errors})[:4],
+        "error_samples": sorted({re.sub(NOISE, "..", e)[:150] for e in errors})[:6],
         "producer_errors": produced["errors"],
         "journal_suppressed": "Suppressed" in journal,
-        "first_refusal": produced["first_refusal"],
-        "flood_start": since + 1,
-        "flood_end": flood_end,
     }
-    if args.prometheus and produced["first_refusal"]:
-        fired = alert_fired_at(args.prometheus, args.alert, since - 60, time.time())
-        result["alert_fired"] = fired
-        result["alert_lead_s"] = produced["first_refusal"] - fired if fired else None
-    # the run's results (db 1) would fill the small Redis of the next run
-    for key in fleet.redis("--scan", "--pattern", f"celery-task-meta-{prefix}-*", db=1).splitlines():
+    if result["alert_fired_s"] is not None and first_refusal:
+        result["alert_lead_s"] = result["first_refusal_s"] - result["alert_fired_s"]
+    for key in fleet.redis(
+        "--scan", "--pattern", f"celery-task-meta-{prefix}-*", db=1
+    ).splitlines():
         fleet.redis("UNLINK", key, db=1)
     return result
+
+
+def size(text: str) -> int:
+    units = {"kb": 1024, "mb": 1024**2, "gb": 1024**3, "b": 1}
+    match = re.fullmatch(r"(\d+)\s*(kb|mb|gb|b)?", text.lower())
+    if not match:
+        sys.exit(f"--maxmemory {text}: a size like 8mb")
+    return int(match[1]) * units[match[2] or "b"]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--inventory", type=Path, default=ROOT / "inventories/sandbox")
-    parser.add_argument("--host", default="celery-sandbox-1", help="a worker host (the producer)")
+    parser.add_argument("--host", default="celery-sandbox-1", help="the worker host (and producer)")
     parser.add_argument("--broker", default="celery-sandbox-1", help="the broker host")
     parser.add_argument("--maxmemory", default="8mb", help="redis_maxmemory for the benchmark")
-    parser.add_argument("--seconds", type=float, default=20, help="how long the producer publishes")
+    parser.add_argument("--fill-seconds", type=float, default=120, help="time to fill Redis's room")
+    parser.add_argument("--hold-seconds", type=float, default=30, help="publishing on at maxmemory")
+    parser.add_argument("--high-rate", type=float, default=20, help="tasks a second to 'high'")
     parser.add_argument("--pad", type=int, default=8192, help="bytes of padding per message")
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--variants", nargs="+", default=["results", "ignore"])
-    parser.add_argument("--drain-timeout", type=float, default=180)
-    parser.add_argument("--prometheus", default="", help="URL of the monitor's Prometheus")
+    parser.add_argument("--drain-timeout", type=float, default=300)
+    parser.add_argument(
+        "--prometheus", default="http://172.30.79.20:9090", help="'' = no alert timing"
+    )
     parser.add_argument("--alert", default="RedisMemoryHigh")
     parser.add_argument("--no-deploy", action="store_true", help="the fleet already has the limit")
     parser.add_argument("--json", type=Path)
@@ -232,31 +358,69 @@ def main() -> int:
     fleet = Fleet(args.inventory, args.host, args.broker)
     if not args.no_deploy:
         fleet.playbook("deploy.yml", "-e", f"redis_maxmemory={args.maxmemory}")
+    limit = int(fleet.info("memory")["maxmemory"])
+    if limit != size(args.maxmemory):
+        sys.exit(f"Redis's maxmemory is {limit}, not {args.maxmemory}")
     results = []
     try:
         for variant in args.variants:
             for i in range(args.runs):
-                results.append(one_run(fleet, variant, args))
+                results.append(one_run(fleet, variant, args, limit))
                 print(f"  {variant} run {i + 1}: {json.dumps(results[-1])}", flush=True)
     finally:
+        fleet.unit("start", "slow")
         if not args.no_deploy:
             fleet.playbook("deploy.yml")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))
     print(
-        f"\nRedis maxmemory {args.maxmemory} (noeviction), producer publishing {args.seconds:g} s of "
-        f"probe tasks ({args.pad} B each) to 'high' while the fast group consumes"
+        f"\nRedis maxmemory {args.maxmemory} (noeviction); {args.pad} B probe tasks to 'low'"
+        " (no consumer)"
+        f" filling it in {args.fill_seconds:g} s, {args.high_rate:g}/s to 'high' (the fast group),"
+        f" {args.hold_seconds:g} s more at the limit"
     )
-    head = ("variant", "attempted", "refused", "accepted", "ran", "lost", "raised", "twice", "OOM",
-            "EXECABORT", "peak", "alert lead s")
-    print("".join(f"{h:>11}" if i else f"{h:<9}" for i, h in enumerate(head)))
+    head = (
+        "variant",
+        "attempted",
+        "refused",
+        "accepted",
+        "ran",
+        "lost",
+        "OOM",
+        "EXECABORT",
+        "restarts",
+        "peak",
+        "pending s",
+        "fired s",
+        "refused s",
+    )
+    print("".join(f"{h:>10}" if i else f"{h:<8}" for i, h in enumerate(head)))
+
+    def secs(value: float | None) -> str:
+        return "-" if value is None else f"{value:.0f}"
+
     for r in results:
-        lead = r.get("alert_lead_s")
-        row = (r["variant"], r["attempted"], r["refused"], r["accepted"], r["ran"],
-               "?" if r["lost"] is None else r["lost"], r["raised"], r["ran_twice"], r["oom_replies"],
-               r["execabort_replies"], f"{r['peak_share']:.0%}", "-" if lead is None else f"{lead:.0f}")
-        print("".join(f"{v!s:>11}" if i else f"{v!s:<9}" for i, v in enumerate(row)))
+        row = (
+            r["variant"],
+            r["attempted"],
+            r["refused"],
+            r["accepted"],
+            r["ran"],
+            "?" if r["lost"] is None else r["lost"],
+            r["oom_replies"],
+            r["execabort_replies"],
+            r["fast_restarts"],
+            f"{r['peak_share']:.0%}",
+            secs(r["alert_pending_s"]),
+            secs(r["alert_fired_s"]),
+            secs(r["first_refusal_s"]),
+        )
+        print("".join(f"{v!s:>10}" if i else f"{v!s:<8}" for i, v in enumerate(row)))
+    print(
+        "(pending s, fired s, refused s: RedisMemoryHigh pending, firing, and the first refused"
+        " publish, seconds after the producer started)"
+    )
     for r in results:
         for sample in r["error_samples"]:
             print(f"  {r['variant']}: worker log: {sample}")
