@@ -465,10 +465,12 @@ def celery_alert_rules(
             "The broker on {{ $labels.host }} uses {{ $value | humanizePercentage }} of its "
             "maxmemory",
             "Redis on {{ $labels.host }} nears its maxmemory: with noeviction it then refuses "
-            "every publish (OOM command not allowed). Find the queue that grows "
+            "every publish (OOM command not allowed), and a worker refused its bookkeeping after "
+            "a pop loses that task (docs/benchmarks.md). Find the queue that grows "
             "(playbooks/verify.yml).",
-            "playbooks/verify.yml; add consumers (celery_workers_groups) or raise redis_maxmemory, "
-            "then playbooks/deploy.yml",
+            "give Redis room at once (CONFIG SET maxmemory <larger>, as the admin user); then the "
+            "same redis_maxmemory in the inventory and playbooks/deploy.yml; playbooks/recover.yml "
+            "for what the dead workers stranded",
         ),
         _alert(
             "RedisAofError",
