@@ -201,10 +201,10 @@ def ledger(prefix):
 
 
 def switch_play(out: str) -> str:
-    """The part of a deploy's output from its rolling play (switch and restarts) to the recap."""
-    return out.split("PLAY [Deploy the Celery app and its worker groups]", 1)[1].split(
-        "PLAY RECAP"
-    )[0]
+    """The part of a deploy's output from its rolling play (switch and restarts) to the next play
+    (the exporters' and the monitor's plays follow it) or the recap."""
+    rolling = out.split("PLAY [Deploy the Celery app and its worker groups]", 1)[1]
+    return re.split(r"^PLAY ", rolling, maxsplit=1, flags=re.M)[0]
 
 
 def test_a_rerun_with_nothing_to_do_stages_and_restarts_nothing():

@@ -14,7 +14,14 @@ from load import SEND, as_app, assert_exactly_once, playbook, switch_under_load
 from playbook_runner import LEDGER, ROOT, record_figure, run_playbook, wait_for
 
 HOST = "celery-toolkit-supervisor"
-PROGRAMS = ["refapp-worker-fast", "refapp-worker-slow", "refapp-beat", "refapp-flower"]
+# the app's programs: worker groups, beat, Flower and the Celery exporter (issue 20)
+PROGRAMS = [
+    "refapp-worker-fast",
+    "refapp-worker-slow",
+    "refapp-beat",
+    "refapp-flower",
+    "refapp-exporter",
+]
 FIGURES = "supervisor-figures.json"
 
 
@@ -128,7 +135,7 @@ def test_rollback_under_load_runs_every_task_exactly_once(host, rollback_run):
     assert re.search(r"layout\s+split \(fast, slow\)\s+-> single \(all\)", out)
     assert_exactly_once(after, "svrb")
     assert programs(host) == dict.fromkeys(
-        ["refapp-worker-all", "refapp-beat", "refapp-flower"], "RUNNING"
+        ["refapp-worker-all", "refapp-beat", "refapp-flower", "refapp-exporter"], "RUNNING"
     )
     verify, _ = playbook("verify.yml")
     assert re.search(
