@@ -32,8 +32,10 @@ GALAXY = yaml.safe_load((ROOT / "galaxy.yml").read_text())
 FQCN = f"{GALAXY['namespace']}.{GALAXY['name']}"
 
 # A user's own playbooks: the roles by their full names, composed as deploy.yml composes them
-# (the wheelhouse once on the controller, the broker, then on each worker host the app's checks,
-# staging and switch, its worker groups and Flower).
+# (the wheelhouse once on the controller, the broker and its exporters, then on each worker host
+# the app's checks, staging and switch, its worker groups, Flower and the Celery exporter, then the
+# node exporter). The redis role declares the Redis exporter's ACL user only when the role
+# redis_exporter runs in its play: a playbook without it would remove that user.
 WHEELHOUSE = f"""---
 - name: Build the app's wheelhouses on the controller
   hosts: celery_workers
@@ -48,11 +50,14 @@ PLAYBOOK = f"""---
 - name: Build the app's wheelhouses
   ansible.builtin.import_playbook: wheelhouse.yml
 
-- name: Run the broker
+- name: Run the broker and its exporters
   hosts: broker
   become: true
   roles:
     - role: {FQCN}.redis
+    - role: {FQCN}.redis_exporter
+    - role: {FQCN}.node_exporter
+      when: inventory_hostname not in groups['celery_workers']
 
 - name: Run the app, its worker groups and Flower
   hosts: celery_workers
@@ -85,6 +90,17 @@ PLAYBOOK = f"""---
       ansible.builtin.include_role:
         name: {FQCN}.flower
       when: inventory_hostname in groups['flower']
+
+    - name: Run the Celery exporter
+      ansible.builtin.include_role:
+        name: {FQCN}.celery_exporter
+
+- name: Run the node exporter on the worker hosts
+  hosts: celery_workers
+  become: true
+  gather_facts: false
+  roles:
+    - role: {FQCN}.node_exporter
 """
 
 
