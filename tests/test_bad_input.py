@@ -286,7 +286,7 @@ CASES = [
         "log-rate-limit-burst-zero",
         {"celery_app_log_rate_limit_burst": 0},
         {},
-        f"celery_app_log_rate_limit_burst on {ALL} is 0: 0 lifts the limit",
+        f"celery_app_log_rate_limit_burst on {ALL} is 0: give at least 1 message per interval",
     ),
     (
         "log-max-bytes-supervisord-cannot-read",

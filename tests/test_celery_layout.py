@@ -463,7 +463,7 @@ def test_log_bounds_accept_what_journald_systemd_and_supervisord_read(var, good)
         ("celery_app_log_max_bytes", "50M", "a size supervisord reads, above 0"),
         ("celery_app_log_max_bytes", "0", "a size supervisord reads, above 0"),
         ("celery_app_log_max_bytes", True, "a size supervisord reads, above 0"),
-        ("celery_app_log_rate_limit_burst", 0, "0 lifts the limit"),
+        ("celery_app_log_rate_limit_burst", 0, "give at least 1 message per interval"),
         ("celery_app_log_backups", -1, "0 or more (5, the default)"),
     ],
 )

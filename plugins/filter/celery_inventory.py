@@ -29,6 +29,7 @@ from ansible_collections.celery_toolkit.stack.plugins.filter.celery_layout impor
 from ansible_collections.celery_toolkit.stack.plugins.filter.celery_names import app_name_errors
 from ansible_collections.celery_toolkit.stack.plugins.filter.celery_process import (
     ONE_MANAGER_SETTINGS,
+    log_setting_errors,
     manager_setting_problems,
 )
 from ansible_collections.celery_toolkit.stack.plugins.filter.celery_secrets import (
@@ -269,60 +270,6 @@ def worker_setting_errors(host: str, hv: Mapping[str, Any]) -> list[Refusal]:
     for old, new in RENAMED.items():
         if old in hv:
             found.append((old, host, f" is set but the toolkit no longer reads it: set {new}."))
-    return found
-
-
-# issue 21: log bounds. The sizes and spans journald (systemd's parse_size, parse_sec) and
-# supervisord (its byte_size: KB, MB, GB, any case) read, above 0 (0 would lift the bound).
-JOURNAL_SIZE = re.compile(r"^([0-9]+)[KMGT]?$")
-TIME_SPAN = re.compile(r"^([0-9]+)(us|ms|s|sec|min|m|h)?$")
-SUPERVISOR_SIZE = re.compile(r"^([0-9]+)(kb|mb|gb)?$", re.IGNORECASE)
-LOG_FORMATS: dict[str, tuple[re.Pattern[str], str]] = {
-    "celery_app_journal_max_use": (
-        JOURNAL_SIZE,
-        "a size journald reads, above 0: bytes, or a number with K, M, G or T ('1G', the default)",
-    ),
-    "celery_app_log_rate_limit_interval": (
-        TIME_SPAN,
-        "a time span systemd reads, above 0: seconds, or a number with ms, s, min or h ('30s', the "
-        "default)",
-    ),
-    "celery_app_log_max_bytes": (
-        SUPERVISOR_SIZE,
-        "a size supervisord reads, above 0: bytes, or a number with KB, MB or GB ('50MB', the "
-        "default)",
-    ),
-}
-
-
-def log_setting_errors(host: str, hv: Mapping[str, Any]) -> list[Refusal]:
-    """The bounds of the app's logs (celery_app_journal_max_use, celery_app_log_*): values
-    journald, systemd and supervisord read, none that lifts the bound."""
-    found: list[Refusal] = []
-    for var, (pattern, what) in LOG_FORMATS.items():
-        text = str(hv[var]).strip()
-        match = pattern.match(text)
-        if isinstance(hv[var], bool) or not match or int(match.group(1)) == 0:
-            found.append((var, host, f" is {hv[var]!r}: give {what}."))
-    burst = whole(hv["celery_app_log_rate_limit_burst"])
-    if burst is not None and burst < 1:
-        found.append(
-            (
-                "celery_app_log_rate_limit_burst",
-                host,
-                f" is {burst}: 0 lifts the limit of what each service may log. Give at least 1 "
-                "message per interval (10000, the default).",
-            )
-        )
-    backups = whole(hv["celery_app_log_backups"])
-    if backups is not None and backups < 0:
-        found.append(
-            (
-                "celery_app_log_backups",
-                host,
-                f" is {backups}: give how many rotated files to keep, 0 or more (5, the default).",
-            )
-        )
     return found
 
 
