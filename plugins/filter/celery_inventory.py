@@ -44,6 +44,7 @@ from ansible_collections.celery_toolkit.stack.plugins.plugin_utils.celery_common
     NAME,
     NAME_RULE,
     Refusal,
+    at_least,
     control,
     hosts_phrase,
     once,
@@ -256,16 +257,14 @@ def worker_setting_errors(host: str, hv: Mapping[str, Any]) -> list[Refusal]:
                 f"so it must be {NAME_RULE} (split is the default).",
             )
         )
-    keep = whole(hv["celery_app_keep_releases"])
-    if keep is not None and keep < 2:
-        found.append(
-            (
-                "celery_app_keep_releases",
-                host,
-                f" is {keep}: a host whose new release fails the health gate returns to the one "
-                "before it, which a value below 2 removes. Set it to 2 or more (3 is the default).",
-            )
-        )
+    found += at_least(
+        host,
+        hv,
+        "celery_app_keep_releases",
+        2,
+        "a host whose new release fails the health gate returns to the one before it, which a "
+        "value below 2 removes. Set it to 2 or more (3 is the default).",
+    )
     found += log_setting_errors(host, hv)
     for old, new in RENAMED.items():
         if old in hv:

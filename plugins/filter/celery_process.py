@@ -18,7 +18,7 @@ from typing import Any
 
 from ansible_collections.celery_toolkit.stack.plugins.plugin_utils.celery_common import (
     Refusal,
-    whole,
+    at_least,
 )
 
 try:
@@ -77,25 +77,21 @@ def log_setting_errors(host: str, hv: Mapping[str, Any]) -> list[Refusal]:
         match = pattern.match(text)
         if isinstance(hv[var], bool) or not match or int(match.group(1)) == 0:
             found.append((var, host, f" is {hv[var]!r}: give {what}."))
-    burst = whole(hv["celery_app_log_rate_limit_burst"])
-    if burst is not None and burst < 1:
-        found.append(
-            (
-                "celery_app_log_rate_limit_burst",
-                host,
-                f" is {burst}: give at least 1 message per interval (0 lifts the limit of what "
-                "each service may log; 10000 is the default).",
-            )
-        )
-    backups = whole(hv["celery_app_log_backups"])
-    if backups is not None and backups < 0:
-        found.append(
-            (
-                "celery_app_log_backups",
-                host,
-                f" is {backups}: give how many rotated files to keep, 0 or more (5, the default).",
-            )
-        )
+    found += at_least(
+        host,
+        hv,
+        "celery_app_log_rate_limit_burst",
+        1,
+        "give at least 1 message per interval (0 lifts the limit of what each service may log; "
+        "10000 is the default).",
+    )
+    found += at_least(
+        host,
+        hv,
+        "celery_app_log_backups",
+        0,
+        "give how many rotated files to keep, 0 or more (5, the default).",
+    )
     return found
 
 
