@@ -1,0 +1,164 @@
+"""Count or move the app's queued messages on the broker its environment names (issue 21). Run
+as the app, with the app's environment (<app>-run python -c THIS EXPORTER MODE SPEC):
+
+  count '{"queues": [...]}'   print {"queues": {queue: waiting}, "unacked": n,
+                              "unacked_by_key": {routing key: entries}} (deploy.yml's count
+                              before any host changes: roles/celery_deploy/tasks/stranded.yml)
+  move -                      read {"moves": {old queue: new queue}, "url": the new broker URL}
+                              on stdin (the URL holds a secret: never argv) and move every
+                              message of the old queues there; print {"moved": {...},
+                              "restored": n} (playbooks/move-queues.yml, workers stopped)
+
+EXPORTER is the text of roles/celery_exporter/files/celery_exporter.py: kombu's key names of a
+queue (one list per priority step) and the queue counts are its own, loaded as a module here.
+
+Moving, per message, within the commands the app's Redis user has (roles/redis:
+redis_acl_celery_rules): first every `unacked` entry goes back to its queue, by kombu's own
+restore (one WATCH/MULTI transaction each). Then, per priority list of an old queue:
+  - same Redis and database: WATCH old; LINDEX old -1; MULTI; RPOP old; LPUSH new; EXEC. One
+    transaction: the message is in exactly one list at any time.
+  - another Redis or database (no command spans two): WATCH old; MULTI; RPOP old; SET journal
+    {key, message}; EXEC on the old Redis, then LPUSH on the new one, then DEL journal. A crash
+    leaves the message in the journal (the key celery-toolkit:moving on the old Redis): the next
+    run pushes it unless LPOS finds it in the new list already (nothing consumes there yet), so
+    it arrives once. RPOP from the right and LPUSH to the left keep the queue's order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import types
+
+JOURNAL = "celery-toolkit:moving"
+
+
+def _exporter(text: str) -> types.ModuleType:
+    module = types.ModuleType("celery_exporter")
+    exec(compile(text, "celery_exporter.py", "exec"), module.__dict__)  # noqa: S102 (the toolkit's own file)
+    return module
+
+
+def _client(channel):
+    import redis  # kombu's Redis transport needs it: the app has it
+
+    return redis.Redis(connection_pool=channel.client.connection_pool)
+
+
+def count(app, exporter, queues: list) -> dict:
+    figures = exporter.collect_broker(app, queues, exporter.QueueAges())
+    by_key: dict[str, int] = {}
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        prefix = getattr(channel, "global_keyprefix", "") or ""
+        for raw in _client(channel).hgetall(prefix + channel.unacked_key).values():
+            try:
+                key = str(json.loads(raw)[2])
+            except (ValueError, IndexError, TypeError):
+                key = ""
+            by_key[key] = by_key.get(key, 0) + 1
+    return {
+        "queues": {q: f["messages"] for q, f in figures["queues"].items()},
+        "unacked": figures["unacked"],
+        "unacked_by_key": by_key,
+    }
+
+
+def _same_place(old, new) -> bool:
+    """Do both clients reach one Redis database? A key written through one is read by the other."""
+    probe = f"celery-toolkit:probe:{os.getpid()}:{os.urandom(8).hex()}"
+    old.set(probe, "1", ex=60)
+    try:
+        return bool(new.exists(probe))
+    finally:
+        old.delete(probe)
+
+
+def _finish_journal(old, new, journal: str) -> int:
+    """Push the message a crashed run left between the brokers, unless it arrived."""
+    raw = old.get(journal)
+    if raw is None:
+        return 0
+    entry = json.loads(raw)
+    if new.execute_command("LPOS", entry["key"], entry["message"]) is None:
+        new.lpush(entry["key"], entry["message"])
+    old.delete(journal)
+    return 1
+
+
+def _move_one(old, new, source: str, target: str, same: bool, journal: str) -> bool:
+    """Move the oldest message of `source` to `target`; False when `source` is empty."""
+    import redis
+
+    with old.pipeline() as pipe:
+        while True:
+            try:
+                pipe.watch(source)
+                message = pipe.lindex(source, -1)
+                if message is None:
+                    return False
+                pipe.multi()
+                pipe.rpop(source)
+                if same:
+                    pipe.lpush(target, message)
+                else:
+                    entry = {"key": target, "message": message.decode()}
+                    pipe.set(journal, json.dumps(entry))
+                pipe.execute()
+                break
+            except redis.WatchError:
+                continue
+    if not same:
+        new.lpush(target, message)
+        old.delete(journal)
+    return True
+
+
+def move(app, exporter, spec: dict) -> dict:
+    with (
+        app.connection_for_write() as old_conn,
+        app.connection_for_write(spec["url"]) as new_conn,
+    ):
+        old_channel, new_channel = old_conn.default_channel, new_conn.default_channel
+        old, new = _client(old_channel), _client(new_channel)
+        prefix = getattr(old_channel, "global_keyprefix", "") or ""
+        journal = prefix + JOURNAL
+        same = _same_place(old, new)
+        restored = _finish_journal(old, new, journal) if not same else 0
+        # the workers are stopped: what they held and did not acknowledge goes back to its queue
+        for tag in old.hkeys(prefix + old_channel.unacked_key):
+            old_channel.qos.restore_by_tag(tag.decode())
+            restored += 1
+        moved = {}
+        for source_queue, target_queue in spec["moves"].items():
+            sources = exporter._keys(old_channel, source_queue)
+            targets = exporter._keys(new_channel, target_queue)
+            moved[source_queue] = 0
+            for source, target in zip(sources, targets, strict=True):
+                if same and source == target:
+                    continue  # the message is where the new layout reads it
+                while _move_one(old, new, source, target, same, journal):
+                    moved[source_queue] += 1
+    return {"moved": moved, "restored": restored, "same_database": same}
+
+
+def main(argv: list[str]) -> int:
+    if os.getcwd() not in sys.path:  # a source-tree app, imported as `celery -A` does
+        sys.path.insert(1, os.getcwd())
+    exporter = _exporter(argv[1])
+    mode = argv[2]
+    spec = json.loads(sys.stdin.read() if argv[3] == "-" else argv[3])
+    try:
+        from celery.app.utils import find_app
+
+        app = find_app(os.environ["CELERY_APP"])
+        out = count(app, exporter, spec["queues"]) if mode == "count" else move(app, exporter, spec)
+    except Exception as exc:  # the playbook says it; never a traceback with a URL in it
+        out = {"error": f"{type(exc).__name__}: {exc}"}
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
