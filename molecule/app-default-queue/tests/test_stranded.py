@@ -10,7 +10,7 @@ import collections
 import json
 import os
 
-from playbook_runner import run_playbook, wait_for
+from playbook_runner import run_as_app, run_playbook, wait_for
 
 SHAPE = json.loads(os.environ["APP_SHAPE"])
 APP = SHAPE["app"]
@@ -64,9 +64,7 @@ with app.connection_for_write(url) as conn:
 
 
 def as_app(host, *args):
-    quoted = " ".join(f"'{a}'" for a in args)
-    assert "'" not in AS_APP
-    return json.loads(host.check_output(f"{APP}-run python -c '{AS_APP}' {quoted}"))
+    return json.loads(run_as_app(host, APP, AS_APP, *args))
 
 
 def recorded_db(host) -> int:
