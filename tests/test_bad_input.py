@@ -255,6 +255,51 @@ CASES = [
         {},
         "argument 'celery_app_keep_releases' is of type str and we were unable to convert to int",
     ),
+    # issue 21: releases kept, log bounds
+    (
+        "keep-releases-one",
+        {"celery_app_keep_releases": 1},
+        {},
+        f"celery_app_keep_releases on {ALL} is 1: a host whose new release fails the health gate "
+        "returns to the one before it, which a value below 2 removes. Set it to 2 or more",
+    ),
+    (
+        "keep-releases-zero",
+        {"celery_app_keep_releases": 0},
+        {},
+        f"celery_app_keep_releases on {ALL} is 0: a host whose new release fails the health gate",
+    ),
+    (
+        "journal-max-use-journald-cannot-read",
+        {"celery_app_journal_max_use": "1 GB"},
+        {},
+        f"celery_app_journal_max_use on {ALL} is '1 GB': give a size journald reads, above 0",
+    ),
+    (
+        "log-rate-limit-interval-zero",
+        {"celery_app_log_rate_limit_interval": "0"},
+        {},
+        f"celery_app_log_rate_limit_interval on {ALL} is '0': give a time span systemd reads, "
+        "above 0",
+    ),
+    (
+        "log-rate-limit-burst-zero",
+        {"celery_app_log_rate_limit_burst": 0},
+        {},
+        f"celery_app_log_rate_limit_burst on {ALL} is 0: give at least 1 message per interval",
+    ),
+    (
+        "log-max-bytes-supervisord-cannot-read",
+        {"celery_app_log_max_bytes": "50M"},
+        {},
+        f"celery_app_log_max_bytes on {ALL} is '50M': give a size supervisord reads, above 0",
+    ),
+    (
+        "log-backups-negative",
+        {"celery_app_log_backups": -1},
+        {},
+        f"celery_app_log_backups on {ALL} is -1: give how many rotated files to keep, 0 or more",
+    ),
     (
         "rollback-to-previous-not-a-boolean",
         {"celery_app_rollback_to_previous": "perhaps"},

@@ -427,3 +427,51 @@ def test_a_renamed_variable_is_refused_naming_its_successor():
         )
     ]
     assert worker_setting_errors("vm1", settings(celery_app_memory_deny_write_execute=True)) == []
+
+
+# issue 21: releases kept, log bounds
+@pytest.mark.parametrize("keep", [0, 1, "1"])
+def test_keeping_fewer_than_two_releases_is_refused(keep):
+    ((var, host, problem),) = worker_setting_errors("vm1", settings(celery_app_keep_releases=keep))
+    assert (var, host) == ("celery_app_keep_releases", "vm1")
+    assert problem.startswith(f" is {int(keep)}: a host whose new release fails the health gate")
+    assert "Set it to 2 or more" in problem
+    assert worker_setting_errors("vm1", settings(celery_app_keep_releases=2)) == []
+
+
+@pytest.mark.parametrize(
+    "var, good",
+    [
+        ("celery_app_journal_max_use", ["1G", "512M", "100K", "2T", "1048576"]),
+        ("celery_app_log_rate_limit_interval", ["30s", "1min", "500ms", "10", "2h"]),
+        ("celery_app_log_max_bytes", ["50MB", "50mb", "1GB", "100KB", "1048576"]),
+    ],
+)
+def test_log_bounds_accept_what_journald_systemd_and_supervisord_read(var, good):
+    for value in good:
+        assert worker_setting_errors("vm1", settings(**{var: value})) == [], value
+
+
+@pytest.mark.parametrize(
+    "var, bad, expected",
+    [
+        ("celery_app_journal_max_use", "1 GB", "a size journald reads, above 0"),
+        ("celery_app_journal_max_use", "0", "a size journald reads, above 0"),
+        ("celery_app_journal_max_use", "10%", "a size journald reads, above 0"),
+        ("celery_app_log_rate_limit_interval", "0", "a time span systemd reads, above 0"),
+        ("celery_app_log_rate_limit_interval", "30 seconds", "a time span systemd reads"),
+        ("celery_app_log_max_bytes", "50M", "a size supervisord reads, above 0"),
+        ("celery_app_log_max_bytes", "0", "a size supervisord reads, above 0"),
+        ("celery_app_log_max_bytes", True, "a size supervisord reads, above 0"),
+        ("celery_app_log_rate_limit_burst", 0, "give at least 1 message per interval"),
+        ("celery_app_log_backups", -1, "0 or more (5, the default)"),
+    ],
+)
+def test_log_bounds_refuse_what_would_not_read_or_lifts_the_bound(var, bad, expected):
+    ((name, host, problem),) = worker_setting_errors("vm1", settings(**{var: bad}))
+    assert (name, host) == (var, "vm1")
+    assert expected in problem
+
+
+def test_log_bounds_of_the_defaults_are_sound():
+    assert worker_setting_errors("vm1", settings()) == []

@@ -29,6 +29,7 @@ from ansible_collections.celery_toolkit.stack.plugins.filter.celery_layout impor
 from ansible_collections.celery_toolkit.stack.plugins.filter.celery_names import app_name_errors
 from ansible_collections.celery_toolkit.stack.plugins.filter.celery_process import (
     ONE_MANAGER_SETTINGS,
+    log_setting_errors,
     manager_setting_problems,
 )
 from ansible_collections.celery_toolkit.stack.plugins.filter.celery_secrets import (
@@ -46,6 +47,7 @@ from ansible_collections.celery_toolkit.stack.plugins.plugin_utils.celery_common
     NAME,
     NAME_RULE,
     Refusal,
+    at_least,
     control,
     hosts_phrase,
     once,
@@ -102,6 +104,13 @@ RULE_VARIABLES = [
     "flower_broker_url",
     "celery_workers_layout_name",
     "celery_app_requirements",
+    # issue 21: releases kept, log bounds
+    "celery_app_keep_releases",
+    "celery_app_journal_max_use",
+    "celery_app_log_rate_limit_interval",
+    "celery_app_log_rate_limit_burst",
+    "celery_app_log_max_bytes",
+    "celery_app_log_backups",
     "ansible_host",
     "celery_toolkit_sandbox",
     # issue 20: exporters
@@ -252,6 +261,15 @@ def worker_setting_errors(host: str, hv: Mapping[str, Any]) -> list[Refusal]:
                 f"so it must be {NAME_RULE} (split is the default).",
             )
         )
+    found += at_least(
+        host,
+        hv,
+        "celery_app_keep_releases",
+        2,
+        "a host whose new release fails the health gate returns to the one before it, which a "
+        "value below 2 removes. Set it to 2 or more (3 is the default).",
+    )
+    found += log_setting_errors(host, hv)
     for old, new in RENAMED.items():
         if old in hv:
             found.append((old, host, f" is set but the toolkit no longer reads it: set {new}."))

@@ -12,8 +12,14 @@ A process is named "worker@<group>", "beat" or "flower"; under systemd it is the
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+from ansible_collections.celery_toolkit.stack.plugins.plugin_utils.celery_common import (
+    Refusal,
+    at_least,
+)
 
 try:
     from ansible.errors import AnsibleFilterError
@@ -35,6 +41,58 @@ RECORDED_BEFORE_MANAGERS = "systemd"
 ONE_MANAGER_SETTINGS: dict[str, tuple[str, str]] = {
     "celery_app_memory_deny_write_execute": ("systemd", "MemoryDenyWriteExecute="),
 }
+
+
+# issue 21: the bounds of the app's logs under each manager (celery_app_journal_max_use,
+# celery_app_log_*), checked by celery_inventory's rules: the sizes and spans journald and systemd
+# (parse_size, parse_sec) and supervisord (its byte_size: KB, MB, GB, any case) read, above 0
+# (0 would lift the bound).
+JOURNAL_SIZE = re.compile(r"^([0-9]+)[KMGT]?$")
+TIME_SPAN = re.compile(r"^([0-9]+)(us|ms|s|sec|min|m|h)?$")
+SUPERVISOR_SIZE = re.compile(r"^([0-9]+)(kb|mb|gb)?$", re.IGNORECASE)
+LOG_FORMATS: dict[str, tuple[re.Pattern[str], str]] = {
+    "celery_app_journal_max_use": (
+        JOURNAL_SIZE,
+        "a size journald reads, above 0: bytes, or a number with K, M, G or T ('1G', the default)",
+    ),
+    "celery_app_log_rate_limit_interval": (
+        TIME_SPAN,
+        "a time span systemd reads, above 0: seconds, or a number with ms, s, min or h ('30s', the "
+        "default)",
+    ),
+    "celery_app_log_max_bytes": (
+        SUPERVISOR_SIZE,
+        "a size supervisord reads, above 0: bytes, or a number with KB, MB or GB ('50MB', the "
+        "default)",
+    ),
+}
+
+
+def log_setting_errors(host: str, hv: Mapping[str, Any]) -> list[Refusal]:
+    """The bounds of the app's logs (celery_app_journal_max_use, celery_app_log_*): values
+    journald, systemd and supervisord read, none that lifts the bound."""
+    found: list[Refusal] = []
+    for var, (pattern, what) in LOG_FORMATS.items():
+        text = str(hv[var]).strip()
+        match = pattern.match(text)
+        if isinstance(hv[var], bool) or not match or int(match.group(1)) == 0:
+            found.append((var, host, f" is {hv[var]!r}: give {what}."))
+    found += at_least(
+        host,
+        hv,
+        "celery_app_log_rate_limit_burst",
+        1,
+        "give at least 1 message per interval (0 lifts the limit of what each service may log; "
+        "10000 is the default).",
+    )
+    found += at_least(
+        host,
+        hv,
+        "celery_app_log_backups",
+        0,
+        "give how many rotated files to keep, 0 or more (5, the default).",
+    )
+    return found
 
 
 # What node_exporter (roles/node_exporter) collects of the app's processes under each manager:

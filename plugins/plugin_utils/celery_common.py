@@ -56,6 +56,13 @@ def whole(value: Any) -> int | None:
         return None
 
 
+def at_least(host: str, hv: Mapping[str, Any], var: str, least: int, why: str) -> list[Refusal]:
+    """The host's `var` is a whole number of at least `least`, else one refusal: " is N: why"
+    (a value that is no number is the argument spec's to name)."""
+    number = whole(hv[var])
+    return [] if number is None or number >= least else [(var, host, f" is {number}: {why}")]
+
+
 def is_loopback(address: str) -> bool:
     return address in LOOPBACK or address.startswith("127.")
 

@@ -32,7 +32,9 @@ GALAXY = yaml.safe_load((ROOT / "galaxy.yml").read_text())
 FQCN = f"{GALAXY['namespace']}.{GALAXY['name']}"
 
 # A user's own playbooks: the roles by their full names, composed as deploy.yml composes them
-# (the wheelhouse once on the controller, the broker and its exporters, then on each worker host
+# (the collection's validate playbook first: it refuses bad input and notes the queues the app
+# uses, which the Redis exporter reports; the wheelhouse once on the controller, the broker and
+# its exporters, then on each worker host
 # the app's checks, staging and switch, its worker groups, Flower and the Celery exporter, then the
 # node exporter). The redis role declares the Redis exporter's ACL user only when the role
 # redis_exporter runs in its play: a playbook without it would remove that user.
@@ -47,6 +49,9 @@ WHEELHOUSE = f"""---
         tasks_from: wheelhouse
 """
 PLAYBOOK = f"""---
+- name: Check the inventory and note the queues the app uses
+  ansible.builtin.import_playbook: {FQCN}.validate
+
 - name: Build the app's wheelhouses
   ansible.builtin.import_playbook: wheelhouse.yml
 

@@ -2,11 +2,13 @@
 
 import json
 import re
+import time
 
 import pytest
 import yaml
 
-from playbook_runner import ROOT, run_playbook
+from load import SEND, as_app
+from playbook_runner import ROOT, run_playbook, wait_for
 
 # the scenario moves the app's folders away from /opt/refapp and /etc/refapp, and sets secrets
 # with symbols (tests/test_exact_values.py)
@@ -148,3 +150,44 @@ def test_nothing_lands_in_the_default_folders(host):
     assert not host.file("/etc/refapp").exists
     layout = json.loads(host.file("/etc/ansible/facts.d/refapp.fact").content_string)
     assert layout["layout"] == "split"
+
+
+# issue 21: the log bounds, from the inventory (host_vars/)
+def test_the_journal_is_capped_as_the_inventory_says(host):
+    dropin = host.file("/etc/systemd/journald.conf.d/refapp.conf").content_string
+    assert f"SystemMaxUse={HOSTVARS['celery_app_journal_max_use']}" in dropin
+    # what journald applies: it says so when it opens the journal ("... is 8.0M, max 256.0M, ...")
+    opened = host.check_output(
+        "journalctl -u systemd-journald -o cat --no-pager | grep 'System Journal (' | tail -1"
+    )
+    assert re.search(r"max 256(\.0)?M,", opened), opened
+
+
+@pytest.mark.parametrize("unit", [*UNITS, "refapp-exporter"])
+def test_each_service_logs_within_the_inventorys_rate_limit(host, unit):
+    props = host.check_output(
+        f"systemctl show -p LogRateLimitIntervalUSec -p LogRateLimitBurst {unit}.service"
+    )
+    assert "LogRateLimitIntervalUSec=10s" in props.splitlines(), props
+    assert "LogRateLimitBurst=5000" in props.splitlines(), props
+    # what journald applies to the running process: systemd hands it over when the unit starts
+    burst = host.check_output(f"readlink /run/systemd/units/log-rate-limit-burst:{unit}.service")
+    assert burst == "5000"
+
+
+def test_a_restart_of_journald_loses_no_line_of_a_running_worker(host):
+    """The cap applies when journald starts again; the workers' log streams outlive it (systemd
+    keeps them in journald's file-descriptor store), so `journalctl -u` goes on without a restart
+    of the worker."""
+    pid = host.check_output("systemctl show -p MainPID --value refapp-worker@fast")
+    since = host.check_output("date '+%Y-%m-%d %H:%M:%S'")
+    host.run_expect([0], "systemctl restart systemd-journald")
+    as_app(host, SEND, f"journald-{time.time_ns()}", "3", "0.1")
+
+    def logged():
+        log = host.check_output(f"journalctl -u refapp-worker@fast --since '{since}' -o cat")
+        done = [line for line in log.splitlines() if "record_fast[" in line and "succeeded" in line]
+        return len(done) >= 3
+
+    assert wait_for(logged, 30), host.check_output("journalctl -u refapp-worker@fast -n 20 -o cat")
+    assert host.check_output("systemctl show -p MainPID --value refapp-worker@fast") == pid

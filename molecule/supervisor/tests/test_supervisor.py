@@ -87,6 +87,22 @@ def test_logs_are_rotated_files_that_supervisorctl_tails(host):
     assert "ready." in log
 
 
+# supervisord's own view of each program's settings (XML-RPC over its socket, as supervisorctl)
+CONFIG_INFO = """
+import json, xmlrpc.client
+from supervisor.xmlrpc import SupervisorTransport
+rpc = xmlrpc.client.ServerProxy("http://localhost", SupervisorTransport(None, None, "unix:///run/supervisor.sock"))
+print(json.dumps({c["name"]: [c["stdout_logfile_maxbytes"], c["stdout_logfile_backups"]]
+                  for c in rpc.supervisor.getAllConfigInfo()}))
+"""
+
+
+def test_each_programs_log_is_bounded_as_the_inventory_says(host):
+    """issue 21: celery_app_log_max_bytes 10MB and celery_app_log_backups 3 (host_vars/)."""
+    info = json.loads(host.check_output(f"python3 -c '{CONFIG_INFO}'"))
+    assert {p: info.get(p) for p in PROGRAMS} == dict.fromkeys(PROGRAMS, [10 * 1024 * 1024, 3])
+
+
 def test_verify_passes_and_names_the_supervised_nodes():
     out, _ = playbook("verify.yml")
     node = f"supervisor.{HOST}"
