@@ -130,3 +130,14 @@ def test_a_broker_that_cannot_be_counted_is_refused_unless_dropped():
 
 def test_filters_are_exported():
     assert set(FilterModule().filters()) == {"celery_stranded_sources", "celery_stranded_refusal"}
+
+
+def test_a_message_left_in_the_journal_of_an_interrupted_move_is_refused_so_the_move_runs_again():
+    sources = celery_stranded_sources([host("vm1", SPLIT, SPLIT, new=NEW_DB)])
+    counts = {"vm1": {"queues": {"high": 0, "default": 0, "low": 0}, "unacked_by_key": {}}}
+    assert not celery_stranded_refusal(sources, counts, False)["refuse"]
+    counts["vm1"]["journal"] = 1
+    verdict = celery_stranded_refusal(sources, counts, False)
+    assert verdict["refuse"]
+    assert "would strand 1 queued messages" in verdict["lines"][0]
+    assert "1 in the journal of an interrupted move" in verdict["lines"][1]

@@ -105,9 +105,10 @@ def celery_stranded_refusal(
     sources: Iterable[Mapping[str, Any]], counts: Mapping[str, Mapping[str, Any]], drop: Any
 ) -> dict[str, Any]:
     """`counts`: per source's counting host, what files/celery_queued.py counted there
-    ({queues: {queue: waiting}, unacked_by_key: {routing key: entries}}, or {error}). Refuses
-    when a queue that leaves holds messages, or an unacked entry would be given back to one (all
-    of them when the broker moves), or a count failed; says once what and the two ways out."""
+    ({queues: {queue: waiting}, unacked_by_key: {routing key: entries}, journal: 0 or 1}, or
+    {error}). Refuses when a queue that leaves holds messages, or an unacked entry would be given
+    back to one (all of them when the broker moves), or an interrupted move left a message in
+    its journal, or a count failed; says once what and the two ways out."""
     lines: list[str] = []
     total = 0
     failed = False
@@ -129,11 +130,13 @@ def celery_stranded_refusal(
             if source["moved"]
             else sum(int(by_key.get(q, 0)) for q in source["queues"])
         )
-        if not any(waiting.values()) and not unacked:
+        journal = int(figures.get("journal") or 0)
+        if not any(waiting.values()) and not unacked and not journal:
             continue
-        total += sum(waiting.values()) + unacked
+        total += sum(waiting.values()) + unacked + journal
         parts = [f"{q} {n} waiting" for q, n in waiting.items() if n]
         parts += [f"{unacked} unacked"] if unacked else []
+        parts += [f"{journal} in the journal of an interrupted move"] if journal else []
         lines.append(f"{where}: {', '.join(parts)}")
         missing = [q for q, dest in source["moves"].items() if not dest]
         if missing:

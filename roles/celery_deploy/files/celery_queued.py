@@ -2,8 +2,9 @@
 as the app, with the app's environment (<app>-run python -c THIS EXPORTER MODE SPEC):
 
   count '{"queues": [...]}'   print {"queues": {queue: waiting}, "unacked": n,
-                              "unacked_by_key": {routing key: entries}} (deploy.yml's count
-                              before any host changes: roles/celery_deploy/tasks/stranded.yml)
+                              "unacked_by_key": {routing key: entries}, "journal": 0 or 1 (a
+                              message an interrupted move left between two brokers)} (deploy.yml's
+                              count before any host changes: roles/celery_deploy/tasks/stranded.yml)
   move -                      read {"moves": {old queue: new queue}, "url": the new broker URL}
                               on stdin (the URL holds a secret: never argv) and move every
                               message of the old queues there; print {"moved": {...},
@@ -19,9 +20,9 @@ restore (one WATCH/MULTI transaction each). Then, per priority list of an old qu
     transaction: the message is in exactly one list at any time.
   - another Redis or database (no command spans two): WATCH old; MULTI; RPOP old; SET journal
     {key, message}; EXEC on the old Redis, then LPUSH on the new one, then DEL journal. A crash
-    leaves the message in the journal (the key celery-toolkit:moving on the old Redis): the next
-    run pushes it unless LPOS finds it in the new list already (nothing consumes there yet), so
-    it arrives once. RPOP from the right and LPUSH to the left keep the queue's order.
+    leaves the message in the journal (the key celery-toolkit:moving on the old Redis): count
+    reports it, so deploy.yml refuses and the next move runs; it pushes it first, unless LPOS
+    finds it in the new list already (nothing consumes there yet), so it arrives once. RPOP from the right and LPUSH to the left keep the queue's order.
 """
 
 from __future__ import annotations
@@ -46,13 +47,25 @@ def _client(channel):
     return redis.Redis(connection_pool=channel.client.connection_pool)
 
 
+def _prefix(channel) -> str:
+    return getattr(channel, "global_keyprefix", "") or ""
+
+
+def in_journal(client, journal: str) -> int:
+    """1 when an interrupted move left a message in the journal (popped from the old list, not
+    yet pushed to the new broker): it is queued too, and only a move puts it back."""
+    return int(client.get(journal) is not None)
+
+
 def count(app, exporter, queues: list) -> dict:
     figures = exporter.collect_broker(app, queues, exporter.QueueAges())
     by_key: dict[str, int] = {}
     with app.connection_for_write() as conn:
         channel = conn.default_channel
-        prefix = getattr(channel, "global_keyprefix", "") or ""
-        for raw in _client(channel).hgetall(prefix + channel.unacked_key).values():
+        prefix = _prefix(channel)
+        client = _client(channel)
+        journal = in_journal(client, prefix + JOURNAL)
+        for raw in client.hgetall(prefix + channel.unacked_key).values():
             try:
                 key = str(json.loads(raw)[2])
             except (ValueError, IndexError, TypeError):
@@ -62,6 +75,7 @@ def count(app, exporter, queues: list) -> dict:
         "queues": {q: f["messages"] for q, f in figures["queues"].items()},
         "unacked": figures["unacked"],
         "unacked_by_key": by_key,
+        "journal": journal,
     }
 
 
@@ -122,10 +136,11 @@ def move(app, exporter, spec: dict) -> dict:
     ):
         old_channel, new_channel = old_conn.default_channel, new_conn.default_channel
         old, new = _client(old_channel), _client(new_channel)
-        prefix = getattr(old_channel, "global_keyprefix", "") or ""
+        prefix = _prefix(old_channel)
         journal = prefix + JOURNAL
         same = _same_place(old, new)
-        restored = _finish_journal(old, new, journal) if not same else 0
+        # first what an interrupted move left between the brokers (whatever `same` is now)
+        restored = _finish_journal(old, new, journal)
         # the workers are stopped: what they held and did not acknowledge goes back to its queue
         for tag in old.hkeys(prefix + old_channel.unacked_key):
             old_channel.qos.restore_by_tag(tag.decode())
