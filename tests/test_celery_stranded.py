@@ -6,7 +6,12 @@ import pytest
 
 from celery_broker import FilterModule as BrokerFilters
 from celery_broker import celery_broker_endpoint
-from celery_stranded import FilterModule, celery_stranded_refusal, celery_stranded_sources
+from celery_stranded import (
+    FilterModule,
+    celery_stranded_brokers,
+    celery_stranded_refusal,
+    celery_stranded_sources,
+)
 
 OLD = {"host": "10.0.0.5", "port": 6379, "db": 0}
 NEW_DB = {"host": "10.0.0.5", "port": 6379, "db": 1}
@@ -129,7 +134,11 @@ def test_a_broker_that_cannot_be_counted_is_refused_unless_dropped():
 
 
 def test_filters_are_exported():
-    assert set(FilterModule().filters()) == {"celery_stranded_sources", "celery_stranded_refusal"}
+    assert set(FilterModule().filters()) == {
+        "celery_stranded_brokers",
+        "celery_stranded_sources",
+        "celery_stranded_refusal",
+    }
 
 
 def test_a_message_left_in_the_journal_of_an_interrupted_move_is_refused_so_the_move_runs_again():
@@ -141,3 +150,48 @@ def test_a_message_left_in_the_journal_of_an_interrupted_move_is_refused_so_the_
     assert verdict["refuse"]
     assert "would strand 1 queued messages" in verdict["lines"][0]
     assert "1 in the journal of an interrupted move" in verdict["lines"][1]
+
+
+BROKERS = {"vm0": {"redis_bind_addresses": ["127.0.0.1", "10.0.0.5"], "ansible_host": "vm0"}}
+LOOPBACK = {"host": "127.0.0.1", "port": 6379, "db": 0}
+
+
+def test_the_broker_host_on_loopback_and_the_others_on_its_address_are_one_redis():
+    # the broker host itself may use 127.0.0.1 while the other workers use 10.0.0.5 (first)
+    hosts = [
+        host("vm2", SPLIT[1:], SPLIT[1:], old=OLD, new=OLD),
+        host("vm0", SPLIT[:1], SPLIT[:1], old=LOOPBACK, new=LOOPBACK),
+    ]
+    assert celery_stranded_sources(hosts, "", BROKERS) == []
+    # a host that changes how it names the same Redis moves nothing
+    hosts = [host("vm0", SPLIT, SPLIT, old=OLD, new=LOOPBACK)]
+    assert celery_stranded_sources(hosts, "", BROKERS) == []
+    # nor does a new port on the same Redis (redis_port changed with it)
+    hosts = [host("vm2", SPLIT, SPLIT, old=OLD, new={**OLD, "port": 6380})]
+    assert celery_stranded_sources(hosts, "", BROKERS) == []
+
+
+def test_one_redis_under_two_names_is_one_source_counted_and_moved_by_one_host():
+    hosts = [
+        host("vm2", SPLIT[1:], SPLIT[1:], old=OLD, new=NEW_DB),
+        host("vm0", SPLIT[:1], SPLIT[:1], old=LOOPBACK, new={**LOOPBACK, "db": 1}),
+    ]
+    [source] = celery_stranded_sources(hosts, "", BROKERS)
+    assert source["host"] == "vm2" and source["moved"]
+    assert source["queues"] == ["low", "high", "default"]
+    assert source["moves"] == {"low": "low", "high": "high", "default": "default"}
+
+
+def test_a_broker_host_no_longer_in_the_inventory_is_a_move():
+    hosts = [host("vm2", SPLIT, SPLIT, old={**OLD, "host": "10.0.0.9"}, new=OLD)]
+    [source] = celery_stranded_sources(hosts, "", BROKERS)
+    assert source["moved"] and source["broker"]["host"] == "10.0.0.9"
+
+
+def test_the_brokers_read_from_the_inventory_else_the_role_defaults():
+    hostvars = {"vm0": {"redis_bind_addresses": ["10.0.0.5"]}, "vm1": {"ansible_host": "b1"}}
+    defaults = {"redis_bind_addresses": ["127.0.0.1", "-::1"]}
+    assert celery_stranded_brokers(["vm0", "vm1"], hostvars, defaults) == {
+        "vm0": {"redis_bind_addresses": ["10.0.0.5"], "ansible_host": "vm0"},
+        "vm1": {"redis_bind_addresses": ["127.0.0.1", "-::1"], "ansible_host": "b1"},
+    }

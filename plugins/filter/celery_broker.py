@@ -110,6 +110,10 @@ def _target(worker: str, address: str, brokers: list[str], settings: Settings) -
     )
 
 
+# issue 21 (celery_stranded.py): which Redis a recorded or new broker address reaches
+broker_target = _target
+
+
 def _database(parts: SplitResult) -> str:
     """The database a URL names (Redis's 0 when it names none)."""
     return parts.path.strip("/") or "0"

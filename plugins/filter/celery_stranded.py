@@ -7,8 +7,11 @@ changes (roles/celery_deploy/tasks/stranded.yml) and refuses with the counts, un
 celery_deploy_drop_queued says they may be dropped; playbooks/move-queues.yml moves them.
 
 (celery_broker_endpoint, in celery_broker.py, gives the {host, port, db} a host records.)
-  celery_stranded_sources(hosts)        per old broker: where to count, which queues, and the
-                                        queue of the new layout each one's messages go to
+  celery_stranded_brokers(brokers, hostvars, defaults)
+                                        what resolves an address to the broker host it reaches
+  celery_stranded_sources(hosts, into, brokers)
+                                        per old Redis database: where to count, which queues, and
+                                        the queue of the new layout each one's messages go to
   celery_stranded_refusal(sources, counts, drop)
                                         {refuse, lines}: what the deploy says
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ansible_collections.celery_toolkit.stack.plugins.filter.celery_broker import broker_target
 from ansible_collections.celery_toolkit.stack.plugins.plugin_utils.celery_common import truthy
 
 MOVE = "playbooks/move-queues.yml"
@@ -35,47 +39,92 @@ def _queues(groups: Any) -> list[str]:
     )
 
 
-def celery_stranded_sources(hosts: Iterable[Mapping[str, Any]], into: str = "") -> list[dict]:
+def celery_stranded_brokers(
+    brokers: Iterable[str], hostvars: Mapping[str, Mapping[str, Any]], defaults: Mapping[str, Any]
+) -> dict[str, dict]:
+    """What tells which broker host an address reaches (celery_broker's rule): each broker host's
+    redis_bind_addresses (the redis role's `defaults` when the inventory is silent) and its
+    ansible_host."""
+    found = {}
+    for broker in brokers:
+        hv = hostvars[broker]
+        found[broker] = {
+            "redis_bind_addresses": hv.get("redis_bind_addresses")
+            or defaults["redis_bind_addresses"],
+            "ansible_host": hv.get("ansible_host", broker),
+        }
+    return found
+
+
+def _place(worker: str, endpoint: Mapping[str, Any], brokers: Mapping[str, Mapping]) -> str:
+    """The Redis database `worker` reaches at `endpoint`: the broker host of the inventory its
+    address reaches from `worker` (so the broker host's own 127.0.0.1 and the others' 10.0.0.5 are
+    one Redis, and a new port on the same Redis is no move), and the database; the address and
+    port as written when no broker host listens there (a broker no longer in the inventory)."""
+    reached, _ = (
+        broker_target(worker, str(endpoint.get("host")), list(brokers), brokers)
+        if brokers
+        else ("", "")
+    )
+    return f"{reached or _label(endpoint).rpartition('/')[0]}/{endpoint.get('db')}"
+
+
+def celery_stranded_sources(
+    hosts: Iterable[Mapping[str, Any]], into: str = "", brokers: Mapping[str, Mapping] | None = None
+) -> list[dict]:
     """`hosts`: per worker host {host, recorded (its local fact, {} when it ran nothing),
     broker (celery_broker_endpoint of its new celery_app_broker_url), groups (its new
-    celery_workers_groups)}. Per old broker that hosts recorded: {host (the first one that
-    recorded it, which counts and moves: its environment still reaches that broker), broker,
-    new_broker, moved (the broker changes), queues (the old queues whose messages no worker of
-    the new layout would read), moves ({queue: the queue of the new layout it goes to; "" when
-    none is known: celery_deploy_move_into names one)}}. A host recorded before the broker was
-    recorded (toolkit 0.18) is left out of the broker check, not of the layout's."""
+    celery_workers_groups)}; `brokers`: celery_stranded_brokers. Each host's record is compared
+    with its OWN new endpoint, both resolved to the Redis database they reach (_place). Per old
+    Redis database that hosts recorded: {host (the first one that recorded it, which counts and
+    moves: its environment still reaches that broker; one mover per database), broker (as that
+    host recorded it), new_broker (that host's new endpoint), moved (its new endpoint reaches
+    another database), queues (the old queues whose messages no worker of the new layout would
+    read there), moves ({queue: the queue of the new layout it goes to; "" when none is known:
+    celery_deploy_move_into names one)}}. A host recorded before the broker was recorded (toolkit
+    0.18) is left out of the broker check, not of the layout's."""
+    brokers = brokers or {}
     hosts = list(hosts)
-    new_queues = set()
+    read_at: dict[str, set] = {}  # per database, the queues the new layout reads there
+    new_place = {}
     for h in hosts:
-        new_queues.update(_queues(h.get("groups")))
-    new_brokers = [h["broker"] for h in hosts if h.get("broker")]
-    new_broker = new_brokers[0] if new_brokers else {}
+        new_place[h["host"]] = _place(h["host"], h.get("broker") or {}, brokers)
+        read_at.setdefault(new_place[h["host"]], set()).update(_queues(h.get("groups")))
     sources: dict[str, dict] = {}
     for h in hosts:
         recorded = h.get("recorded") or {}
         old_queues = _queues(recorded.get("groups"))
         if not old_queues:
             continue
-        old_broker = recorded.get("broker") or new_broker
+        old_broker = recorded.get("broker") or h.get("broker") or {}
+        old_place = (
+            _place(h["host"], old_broker, brokers)
+            if recorded.get("broker")
+            else new_place[h["host"]]
+        )
         source = sources.setdefault(
-            _label(old_broker),
+            old_place,
             {
                 "host": h["host"],
                 "broker": dict(old_broker),
-                "new_broker": dict(new_broker),
-                "moved": bool(new_broker) and dict(old_broker) != dict(new_broker),
+                "new_broker": dict(h.get("broker") or {}),
+                "moved": old_place != new_place[h["host"]],
                 "old_queues": [],
+                "place": old_place,
+                "into_place": new_place[h["host"]],
             },
         )
         source["old_queues"] += [q for q in old_queues if q not in source["old_queues"]]
     found = []
     for source in sources.values():
         old = source.pop("old_queues")
-        leaving = old if source["moved"] else [q for q in old if q not in new_queues]
+        still = read_at.get(source.pop("place"), set())
+        there = read_at.get(source.pop("into_place"), set())
+        leaving = [q for q in old if q not in still]
         if not leaving:
             continue
         source["queues"] = leaving
-        source["moves"] = {q: q if q in new_queues else into for q in leaving}
+        source["moves"] = {q: q if q in there else into for q in leaving}
         found.append(source)
     return found
 
@@ -174,6 +223,7 @@ class FilterModule:
 
     def filters(self) -> dict[str, Any]:
         return {
+            "celery_stranded_brokers": celery_stranded_brokers,
             "celery_stranded_sources": celery_stranded_sources,
             "celery_stranded_refusal": celery_stranded_refusal,
         }
