@@ -8,6 +8,7 @@ from celery_broker import FilterModule as BrokerFilters
 from celery_broker import celery_broker_endpoint
 from celery_stranded import (
     FilterModule,
+    celery_stranded_answers,
     celery_stranded_brokers,
     celery_stranded_refusal,
     celery_stranded_sources,
@@ -135,6 +136,7 @@ def test_a_broker_that_cannot_be_counted_is_refused_unless_dropped():
 
 def test_filters_are_exported():
     assert set(FilterModule().filters()) == {
+        "celery_stranded_answers",
         "celery_stranded_brokers",
         "celery_stranded_sources",
         "celery_stranded_refusal",
@@ -195,3 +197,22 @@ def test_the_brokers_read_from_the_inventory_else_the_role_defaults():
         "vm0": {"redis_bind_addresses": ["10.0.0.5"], "ansible_host": "vm0"},
         "vm1": {"redis_bind_addresses": ["127.0.0.1", "-::1"], "ansible_host": "b1"},
     }
+
+
+def test_the_answers_are_the_last_line_each_run_printed_and_skipped_runs_are_left_out():
+    item = {"host": "vm1", "broker": OLD, "new_broker": NEW_DB}
+    results = [
+        {"item": item, "rc": 0, "stdout": 'settings loaded\n{"answers": true}\n'},
+        {"item": item, "rc": 0, "stdout": ""},
+        {"item": item, "rc": 0, "stdout": "not json"},
+        {"item": item, "rc": 1, "stdout": '{"answers": true}'},
+        {"item": {**item, "host": "vm2"}, "skipped": True},
+    ]
+    answers = celery_stranded_answers(results)
+    assert [a["answer"] for a in answers] == [
+        {"answers": True},
+        {"error": "no answer"},
+        {"error": "an answer that is not JSON"},
+        {"error": "exit status 1"},
+    ]
+    assert answers[0]["new_broker"] == "10.0.0.5:6379/1" and answers[0]["host"] == "vm1"

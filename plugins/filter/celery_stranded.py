@@ -12,12 +12,15 @@ celery_deploy_drop_queued says they may be dropped; playbooks/move-queues.yml mo
   celery_stranded_sources(hosts, into, brokers)
                                         per old Redis database: where to count, which queues, and
                                         the queue of the new layout each one's messages go to
+  celery_stranded_answers(results)      what files/celery_queued.py answered, per source (its
+                                        last line)
   celery_stranded_refusal(sources, counts, drop)
                                         {refuse, lines}: what the deploy says
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -218,11 +221,46 @@ def celery_stranded_refusal(
     }
 
 
+def _last_json(stdout: Any) -> dict:
+    """The last line the helper printed, read as JSON (an app that prints at import prints
+    before it); {error} when there is none or it is not an object."""
+    lines = [line for line in str(stdout or "").splitlines() if line.strip()]
+    try:
+        out = json.loads(lines[-1]) if lines else {"error": "no answer"}
+    except ValueError:
+        out = None
+    return out if isinstance(out, dict) else {"error": "an answer that is not JSON"}
+
+
+def celery_stranded_answers(results: Iterable[Mapping[str, Any]]) -> list[dict]:
+    """The registered results of files/celery_queued.py run in a loop over the sources (the
+    runs that happened; never the command's stdin): per run {host, broker, new_broker (labels),
+    answer (its last line, or {error})}."""
+    found = []
+    for result in results or []:
+        if "stdout" not in result:  # skipped: another host's source
+            continue
+        answer = _last_json(result["stdout"])
+        if "error" not in answer and result.get("rc", 0) != 0:
+            answer = {"error": f"exit status {result.get('rc')}"}
+        item = result.get("item") or {}
+        found.append(
+            {
+                "host": item.get("host"),
+                "broker": _label(item.get("broker") or {}),
+                "new_broker": _label(item.get("new_broker") or {}),
+                "answer": answer,
+            }
+        )
+    return found
+
+
 class FilterModule:
     """Ansible entry point."""
 
     def filters(self) -> dict[str, Any]:
         return {
+            "celery_stranded_answers": celery_stranded_answers,
             "celery_stranded_brokers": celery_stranded_brokers,
             "celery_stranded_sources": celery_stranded_sources,
             "celery_stranded_refusal": celery_stranded_refusal,

@@ -5,6 +5,9 @@ as the app, with the app's environment (<app>-run python -c THIS EXPORTER MODE S
                               "unacked_by_key": {routing key: entries}, "journal": 0 or 1 (a
                               message an interrupted move left between two brokers)} (deploy.yml's
                               count before any host changes: roles/celery_deploy/tasks/stranded.yml)
+  ping -                      read {"url": the new broker URL} on stdin; print {"answers": true}
+                              when it answers there as the app's user (move-queues.yml, before
+                              any worker stops)
   move -                      read {"moves": {old queue: new queue}, "url": the new broker URL}
                               on stdin (the URL holds a secret: never argv) and move every
                               message of the old queues there; print {"moved": {...},
@@ -158,6 +161,13 @@ def move(app, exporter, spec: dict) -> dict:
     return {"moved": moved, "restored": restored, "same_database": same}
 
 
+def ping(app, url: str) -> dict:
+    """Does the new broker answer the app's user? (PING, after its login)"""
+    with app.connection_for_write(url) as conn:
+        _client(conn.default_channel).ping()
+    return {"answers": True}
+
+
 def main(argv: list[str]) -> int:
     if os.getcwd() not in sys.path:  # a source-tree app, imported as `celery -A` does
         sys.path.insert(1, os.getcwd())
@@ -168,7 +178,12 @@ def main(argv: list[str]) -> int:
         from celery.app.utils import find_app
 
         app = find_app(os.environ["CELERY_APP"])
-        out = count(app, exporter, spec["queues"]) if mode == "count" else move(app, exporter, spec)
+        if mode == "count":
+            out = count(app, exporter, spec["queues"])
+        elif mode == "ping":
+            out = ping(app, spec["url"])
+        else:
+            out = move(app, exporter, spec)
     except Exception as exc:  # the playbook says it; never a traceback with a URL in it
         out = {"error": f"{type(exc).__name__}: {exc}"}
     print(json.dumps(out))
