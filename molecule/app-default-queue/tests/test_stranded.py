@@ -114,7 +114,8 @@ def refused_then_moved(host):
     assert host.file(ENV_FILE).sha256sum == env_before
     assert host.file(FACT).content_string == fact_before
 
-    moved, seconds = run_playbook("move-queues.yml", "-e", json.dumps(ON_DB1))
+    # -vvv prints each task's module arguments unless no_log: the URL goes on stdin
+    moved, seconds = run_playbook("move-queues.yml", "-vvv", "-e", json.dumps(ON_DB1))
     print(f"move-queues.yml: {seconds} s")
     arrived = as_app(host, "list", QUEUE, "1")
     left = as_app(host, "list", QUEUE, "0")
