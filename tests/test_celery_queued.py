@@ -123,3 +123,11 @@ def test_a_move_between_two_brokers_keeps_the_order_and_empties_the_journal():
         pass
     assert new.data["low"] == [b"m3", b"m2", b"m1"]
     assert celery_queued.in_journal(old, JOURNAL) == 0
+
+
+def test_nothing_is_given_back_or_moved_while_a_worker_answers_on_the_old_broker():
+    assert celery_queued.live_refusal(None) == ""
+    assert celery_queued.live_refusal({}) == ""
+    refusal = celery_queued.live_refusal({"fast@vm3": {"ok": "pong"}})
+    assert refusal.startswith("1 worker(s) still answer on the old broker (fast@vm3)")
+    assert "--limit" in refusal and "nothing was given back or moved" in refusal

@@ -10,6 +10,7 @@ from celery_stranded import (
     FilterModule,
     celery_stranded_answers,
     celery_stranded_brokers,
+    celery_stranded_outside,
     celery_stranded_refusal,
     celery_stranded_sources,
 )
@@ -138,6 +139,7 @@ def test_filters_are_exported():
     assert set(FilterModule().filters()) == {
         "celery_stranded_answers",
         "celery_stranded_brokers",
+        "celery_stranded_outside",
         "celery_stranded_sources",
         "celery_stranded_refusal",
     }
@@ -216,3 +218,19 @@ def test_the_answers_are_the_last_line_each_run_printed_and_skipped_runs_are_lef
         {"error": "exit status 1"},
     ]
     assert answers[0]["new_broker"] == "10.0.0.5:6379/1" and answers[0]["host"] == "vm1"
+
+
+def test_a_queue_read_by_a_host_outside_the_play_is_no_dropped_queue():
+    hostvars = {
+        "vm2": {"celery_workers_groups": SPLIT[1:], "celery_app_broker_url": "redis://:p@10.0.0.5"},
+        "vm3": {},
+    }
+    outside = celery_stranded_outside(["vm2", "vm3"], hostvars, SPLIT[:1], "redis://:p@10.0.0.5/1")
+    assert outside == [
+        {"host": "vm2", "recorded": {}, "broker": OLD, "groups": SPLIT[1:]},
+        {"host": "vm3", "recorded": {}, "broker": NEW_DB, "groups": SPLIT[:1]},
+    ]
+    # --limit vm1: vm1 recorded both groups and keeps fast; vm2, outside, reads low
+    played = [host("vm1", SPLIT, SPLIT[:1])]
+    assert len(celery_stranded_sources(played)) == 1
+    assert celery_stranded_sources(played + outside[:1]) == []

@@ -9,6 +9,8 @@ celery_deploy_drop_queued says they may be dropped; playbooks/move-queues.yml mo
 (celery_broker_endpoint, in celery_broker.py, gives the {host, port, db} a host records.)
   celery_stranded_brokers(brokers, hostvars, defaults)
                                         what resolves an address to the broker host it reaches
+  celery_stranded_outside(hosts, hostvars, groups, url)
+                                        the worker hosts outside the play, as the inventory says
   celery_stranded_sources(hosts, into, brokers)
                                         per old Redis database: where to count, which queues, and
                                         the queue of the new layout each one's messages go to
@@ -24,7 +26,10 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ansible_collections.celery_toolkit.stack.plugins.filter.celery_broker import broker_target
+from ansible_collections.celery_toolkit.stack.plugins.filter.celery_broker import (
+    broker_target,
+    celery_broker_endpoint,
+)
 from ansible_collections.celery_toolkit.stack.plugins.plugin_utils.celery_common import truthy
 
 MOVE = "playbooks/move-queues.yml"
@@ -56,6 +61,30 @@ def celery_stranded_brokers(
             or defaults["redis_bind_addresses"],
             "ansible_host": hv.get("ansible_host", broker),
         }
+    return found
+
+
+def celery_stranded_outside(
+    hosts: Iterable[str],
+    hostvars: Mapping[str, Mapping[str, Any]],
+    default_groups: Any,
+    default_url: Any,
+) -> list[dict]:
+    """The worker hosts of the inventory outside the play (--limit), as celery_stranded_sources
+    reads a host: what they consume is the inventory's (celery_workers_groups, else the role's
+    `default_groups`), so a queue only they read is no dropped queue; their record is not read
+    (nothing is counted or moved from them: their workers keep running)."""
+    found = []
+    for host in hosts:
+        hv = hostvars[host]
+        found.append(
+            {
+                "host": host,
+                "recorded": {},
+                "broker": celery_broker_endpoint(hv.get("celery_app_broker_url", default_url)),
+                "groups": hv.get("celery_workers_groups", default_groups),
+            }
+        )
     return found
 
 
@@ -262,6 +291,7 @@ class FilterModule:
         return {
             "celery_stranded_answers": celery_stranded_answers,
             "celery_stranded_brokers": celery_stranded_brokers,
+            "celery_stranded_outside": celery_stranded_outside,
             "celery_stranded_sources": celery_stranded_sources,
             "celery_stranded_refusal": celery_stranded_refusal,
         }

@@ -16,8 +16,8 @@ as the app, with the app's environment (<app>-run python -c THIS EXPORTER MODE S
 EXPORTER is the text of roles/celery_exporter/files/celery_exporter.py: kombu's key names of a
 queue (one list per priority step) and the queue counts are its own, loaded as a module here.
 
-Moving, per message, within the commands the app's Redis user has (roles/redis:
-redis_acl_celery_rules): first every `unacked` entry goes back to its queue, by kombu's own
+Moving, only while no worker answers on the old broker (ping), per message, within the commands
+the app's Redis user has (roles/redis: redis_acl_celery_rules): first every `unacked` entry goes back to its queue, by kombu's own
 restore (one WATCH/MULTI transaction each). Then, per priority list of an old queue:
   - same Redis and database: WATCH old; LINDEX old -1; MULTI; RPOP old; LPUSH new; EXEC. One
     transaction: the message is in exactly one list at any time.
@@ -132,7 +132,23 @@ def _move_one(old, new, source: str, target: str, same: bool, journal: str) -> b
     return True
 
 
+def live_refusal(pings: dict | None) -> str:
+    """Why nothing may be given back or moved while a worker answers on the old broker ("" when
+    none does): it may hold an unacked entry (given back, it would run twice) and consumes there
+    (a worker outside the play or its --limit, or one that did not stop)."""
+    nodes = sorted(pings or {})
+    if not nodes:
+        return ""
+    return (
+        f"{len(nodes)} worker(s) still answer on the old broker ({', '.join(nodes[:5])}): stop "
+        "them (a host outside this run's --limit or the inventory), then run move-queues.yml "
+        "again; nothing was given back or moved"
+    )
+
+
 def move(app, exporter, spec: dict) -> dict:
+    if refusal := live_refusal(app.control.inspect(timeout=3.0).ping()):
+        return {"error": refusal}
     with (
         app.connection_for_write() as old_conn,
         app.connection_for_write(spec["url"]) as new_conn,
