@@ -131,3 +131,45 @@ def test_nothing_is_given_back_or_moved_while_a_worker_answers_on_the_old_broker
     refusal = celery_queued.live_refusal({"fast@vm3": {"ok": "pong"}})
     assert refusal.startswith("1 worker(s) still answer on the old broker (fast@vm3)")
     assert "--limit" in refusal and "nothing was given back or moved" in refusal
+
+
+def entry(exchange, routing_key):
+    return json.dumps([{"headers": {"id": "t1"}}, exchange, routing_key]).encode()
+
+
+def topic(exchange, routing_key):
+    """A topic exchange `tasks` binding `reports.#` to the queue low (what channel._lookup says
+    once the app's exchanges are declared); the anonymous exchange routes to the key."""
+    if not exchange:
+        return [routing_key]
+    return ["low"] if exchange == "tasks" and routing_key.startswith("reports.") else []
+
+
+def test_unacked_entries_are_counted_for_the_queue_their_exchange_routes_them_to():
+    raws = [entry("tasks", "reports.daily"), entry("", "high"), entry("gone", "x"), b"junk"]
+    assert celery_queued.unacked_by_queue(raws, topic) == {"low": 1, "high": 1, "x": 1, "": 1}
+
+
+def test_an_unacked_entry_routed_nowhere_is_left_in_place_not_given_back_and_dropped():
+    restored = []
+    entries = {b"t1": entry("tasks", "reports.daily"), b"t2": entry("gone", "x"), b"t3": b"junk"}
+    assert celery_queued.give_back(entries, topic, restored.append) == (1, 2)
+    assert restored == ["t1"]
+
+
+def test_the_apps_exchanges_are_declared_so_a_topic_key_finds_its_queue():
+    """kombu's in-memory transport shares the virtual channel's routing with Redis's; the binding
+    table is read as Redis's transport reads it, from the broker (there: the _kombu.binding.*
+    sets the workers wrote), not from the channel's declarations."""
+    from celery import Celery
+    from kombu import Exchange, Queue
+
+    app = Celery("t", broker="memory://")
+    tasks = Exchange("tasks", type="topic")
+    app.conf.task_queues = [Queue("low", tasks, routing_key="reports.#")]
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        channel.get_table = lambda exchange: [("reports.#", "", "low")] if exchange == "tasks" else []
+        assert not channel._lookup("tasks", "reports.daily")  # direct, as a fresh channel says
+        celery_queued.declare_exchanges(app, channel)
+        assert list(channel._lookup("tasks", "reports.daily")) == ["low"]

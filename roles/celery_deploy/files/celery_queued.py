@@ -2,16 +2,18 @@
 as the app, with the app's environment (<app>-run python -c THIS EXPORTER MODE SPEC):
 
   count '{"queues": [...]}'   print {"queues": {queue: waiting}, "unacked": n,
-                              "unacked_by_key": {routing key: entries}, "journal": 0 or 1 (a
-                              message an interrupted move left between two brokers)} (deploy.yml's
-                              count before any host changes: roles/celery_deploy/tasks/stranded.yml)
+                              "unacked_by_key": {queue its exchange routes it to: entries},
+                              "journal": 0 or 1 (a message an interrupted move left between two
+                              brokers)} (deploy.yml's count before any host changes:
+                              roles/celery_deploy/tasks/stranded.yml)
   ping -                      read {"url": the new broker URL} on stdin; print {"answers": true}
                               when it answers there as the app's user (move-queues.yml, before
                               any worker stops)
   move -                      read {"moves": {old queue: new queue}, "url": the new broker URL}
                               on stdin (the URL holds a secret: never argv) and move every
                               message of the old queues there; print {"moved": {...},
-                              "restored": n} (playbooks/move-queues.yml, workers stopped)
+                              "restored": n, "unroutable": unacked entries left in place (their
+                              exchange routes them nowhere)} (playbooks/move-queues.yml)
 
 EXPORTER is the text of roles/celery_exporter/files/celery_exporter.py: kombu's key names of a
 queue (one list per priority step) and the queue counts are its own, loaded as a module here.
@@ -60,20 +62,62 @@ def in_journal(client, journal: str) -> int:
     return int(client.get(journal) is not None)
 
 
+def declare_exchanges(app, channel) -> None:
+    """kombu gives an unacked entry back to the queues its exchange routes its routing key to,
+    by the exchange's type, which a fresh channel knows only once declared (else direct: a topic
+    key would match no queue and the entry would be dropped). Declaring is the channel's own
+    note: nothing is sent to Redis."""
+    for queue in app.amqp.queues.values():
+        if queue.exchange is not None and queue.exchange.name:
+            queue.exchange(channel).declare()
+
+
+def unacked_by_queue(raws, lookup) -> dict[str, int]:
+    """Per queue, the unacked entries kombu would give back to it: `lookup(exchange, routing key)`
+    is the channel's routing (channel._lookup); an entry it routes nowhere counts under its
+    routing key (the queue named so, the default routing)."""
+    found: dict[str, int] = {}
+    for raw in raws:
+        try:
+            _message, exchange, routing_key = json.loads(raw)
+        except (ValueError, TypeError):
+            found[""] = found.get("", 0) + 1
+            continue
+        for queue in dict.fromkeys(lookup(exchange, routing_key) or [str(routing_key)]):
+            found[queue] = found.get(queue, 0) + 1
+    return found
+
+
+def give_back(entries, lookup, restore) -> tuple[int, int]:
+    """Give back each unacked entry ({tag: raw}) that its exchange routes to a queue
+    (`restore(tag)`: kombu's restore_by_tag); leave the others where they are, never dropped (kombu
+    would delete one that routes nowhere). (given back, left)"""
+    given = left = 0
+    for tag, raw in entries.items():
+        try:
+            _message, exchange, routing_key = json.loads(raw)
+        except (ValueError, TypeError):
+            left += 1
+            continue
+        if lookup(exchange, routing_key):
+            restore(tag.decode() if isinstance(tag, bytes) else tag)
+            given += 1
+        else:
+            left += 1
+    return given, left
+
+
 def count(app, exporter, queues: list) -> dict:
     figures = exporter.collect_broker(app, queues, exporter.QueueAges())
-    by_key: dict[str, int] = {}
     with app.connection_for_write() as conn:
         channel = conn.default_channel
+        declare_exchanges(app, channel)
         prefix = _prefix(channel)
         client = _client(channel)
         journal = in_journal(client, prefix + JOURNAL)
-        for raw in client.hgetall(prefix + channel.unacked_key).values():
-            try:
-                key = str(json.loads(raw)[2])
-            except (ValueError, IndexError, TypeError):
-                key = ""
-            by_key[key] = by_key.get(key, 0) + 1
+        by_key = unacked_by_queue(
+            client.hgetall(prefix + channel.unacked_key).values(), channel._lookup
+        )
     return {
         "queues": {q: f["messages"] for q, f in figures["queues"].items()},
         "unacked": figures["unacked"],
@@ -161,9 +205,13 @@ def move(app, exporter, spec: dict) -> dict:
         # first what an interrupted move left between the brokers (whatever `same` is now)
         restored = _finish_journal(old, new, journal)
         # the workers are stopped: what they held and did not acknowledge goes back to its queue
-        for tag in old.hkeys(prefix + old_channel.unacked_key):
-            old_channel.qos.restore_by_tag(tag.decode())
-            restored += 1
+        declare_exchanges(app, old_channel)
+        given, unroutable = give_back(
+            old.hgetall(prefix + old_channel.unacked_key),
+            old_channel._lookup,
+            old_channel.qos.restore_by_tag,
+        )
+        restored += given
         moved = {}
         for source_queue, target_queue in spec["moves"].items():
             sources = exporter._keys(old_channel, source_queue)
@@ -174,7 +222,7 @@ def move(app, exporter, spec: dict) -> dict:
                     continue  # the message is where the new layout reads it
                 while _move_one(old, new, source, target, same, journal):
                     moved[source_queue] += 1
-    return {"moved": moved, "restored": restored, "same_database": same}
+    return {"moved": moved, "restored": restored, "unroutable": unroutable, "same_database": same}
 
 
 def ping(app, url: str) -> dict:
