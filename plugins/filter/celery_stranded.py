@@ -187,10 +187,9 @@ def celery_stranded_refusal(
 ) -> dict[str, Any]:
     """`counts`: per source's counting host, what files/celery_queued.py counted there
     ({queues: {queue: waiting}, unacked_by_key: {queue its exchange routes it to: entries},
-    journal: 0 or 1}, or
-    {error}). Refuses when a queue that leaves holds messages, or an unacked entry would be given
-    back to one (all of them when the broker moves), or an interrupted move left a message in
-    its journal, or a count failed; says once what and the two ways out."""
+    journal: 0 or 1}, or {error}). Refuses when a queue that leaves holds messages, or an unacked
+    entry would be given back to one (all of them when the broker moves), or an interrupted move
+    left a message in its journal, or a count failed; says once what and the two ways out."""
     lines: list[str] = []
     total = 0
     failed = False
