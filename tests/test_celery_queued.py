@@ -173,3 +173,18 @@ def test_the_apps_exchanges_are_declared_so_a_topic_key_finds_its_queue():
         assert not channel._lookup("tasks", "reports.daily")  # direct, as a fresh channel says
         celery_queued.declare_exchanges(app, channel)
         assert list(channel._lookup("tasks", "reports.daily")) == ["low"]
+
+
+@pytest.mark.parametrize(
+    "url,broker",
+    [
+        ("redis://app:s3cret@10.0.0.5:6380/2", {"host": "10.0.0.5", "port": 6380, "db": 2}),
+        ("redis://:s3cret@broker", {"host": "broker", "port": 6379, "db": 0}),
+    ],
+)
+def test_the_broker_the_environment_names_is_said_without_its_secret(url, broker):
+    from celery import Celery
+
+    answer = celery_queued.where(Celery("t", broker=url))
+    assert answer == {"broker": broker}
+    assert "s3cret" not in json.dumps(answer)

@@ -6,6 +6,9 @@ as the app, with the app's environment (<app>-run python -c THIS EXPORTER MODE S
                               "journal": 0 or 1 (a message an interrupted move left between two
                               brokers)} (deploy.yml's count before any host changes:
                               roles/celery_deploy/tasks/stranded.yml)
+  where '{}'                  print {"broker": {host, port, db}}: the broker the app's environment
+                              names, never its secret (a host recorded before the record named
+                              it: stranded.yml)
   ping -                      read {"url": the new broker URL} on stdin; print {"answers": true}
                               when it answers there as the app's user (move-queues.yml, before
                               any worker stops)
@@ -225,6 +228,14 @@ def move(app, exporter, spec: dict) -> dict:
     return {"moved": moved, "restored": restored, "unroutable": unroutable, "same_database": same}
 
 
+def where(app) -> dict:
+    """The broker the app's environment names: host, port, database (no user, no password)."""
+    conn = app.connection_for_write()
+    db = str(conn.virtual_host or "0").strip("/") or "0"
+    port = int(conn.port or 6379)
+    return {"broker": {"host": conn.hostname, "port": port, "db": int(db) if db.isdigit() else db}}
+
+
 def ping(app, url: str) -> dict:
     """Does the new broker answer the app's user? (PING, after its login)"""
     with app.connection_for_write(url) as conn:
@@ -244,6 +255,8 @@ def main(argv: list[str]) -> int:
         app = find_app(os.environ["CELERY_APP"])
         if mode == "count":
             out = count(app, exporter, spec["queues"])
+        elif mode == "where":
+            out = where(app)
         elif mode == "ping":
             out = ping(app, spec["url"])
         else:
