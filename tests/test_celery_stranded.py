@@ -208,6 +208,7 @@ def test_the_answers_are_the_last_line_each_run_printed_and_skipped_runs_are_lef
         {"item": item, "rc": 0, "stdout": ""},
         {"item": item, "rc": 0, "stdout": "not json"},
         {"item": item, "rc": 1, "stdout": '{"answers": true}'},
+        {"item": item, "rc": 127, "stdout": ""},
         {"item": {**item, "host": "vm2"}, "skipped": True},
     ]
     answers = celery_stranded_answers(results)
@@ -216,6 +217,7 @@ def test_the_answers_are_the_last_line_each_run_printed_and_skipped_runs_are_lef
         {"error": "no answer"},
         {"error": "an answer that is not JSON"},
         {"error": "exit status 1"},
+        {"error": "no answer, exit status 127"},
     ]
     assert answers[0]["new_broker"] == "10.0.0.5:6379/1" and answers[0]["host"] == "vm1"
 

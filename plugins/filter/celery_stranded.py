@@ -270,8 +270,10 @@ def celery_stranded_answers(results: Iterable[Mapping[str, Any]]) -> list[dict]:
         if "stdout" not in result:  # skipped: another host's source
             continue
         answer = _last_json(result["stdout"])
-        if "error" not in answer and result.get("rc", 0) != 0:
-            answer = {"error": f"exit status {result.get('rc')}"}
+        if result.get("rc", 0) != 0 and set(answer) <= {"error"}:
+            answer = {"error": f"{answer.get('error', 'no answer')}, exit status {result['rc']}"}
+        elif result.get("rc", 0) != 0:
+            answer = {"error": f"exit status {result['rc']}"}
         item = result.get("item") or {}
         found.append(
             {
