@@ -169,7 +169,8 @@ def test_the_apps_exchanges_are_declared_so_a_topic_key_finds_its_queue():
     app.conf.task_queues = [Queue("low", tasks, routing_key="reports.#")]
     with app.connection_for_write() as conn:
         channel = conn.default_channel
-        channel.get_table = lambda exchange: [("reports.#", "", "low")] if exchange == "tasks" else []
+        bindings = {"tasks": [("reports.#", "", "low")]}
+        channel.get_table = lambda exchange: bindings.get(exchange, [])
         assert not channel._lookup("tasks", "reports.daily")  # direct, as a fresh channel says
         celery_queued.declare_exchanges(app, channel)
         assert list(channel._lookup("tasks", "reports.daily")) == ["low"]

@@ -22,15 +22,18 @@ EXPORTER is the text of roles/celery_exporter/files/celery_exporter.py: kombu's 
 queue (one list per priority step) and the queue counts are its own, loaded as a module here.
 
 Moving, only while no worker answers on the old broker (ping), per message, within the commands
-the app's Redis user has (roles/redis: redis_acl_celery_rules): first every `unacked` entry goes back to its queue, by kombu's own
-restore (one WATCH/MULTI transaction each). Then, per priority list of an old queue:
+the app's Redis user has (roles/redis: redis_acl_celery_rules): first every `unacked` entry goes
+back to the queue its exchange routes it to, by kombu's own restore (one WATCH/MULTI transaction
+each; the app's exchanges declared first, an entry routed nowhere left in place). Then, per
+priority list of an old queue:
   - same Redis and database: WATCH old; LINDEX old -1; MULTI; RPOP old; LPUSH new; EXEC. One
     transaction: the message is in exactly one list at any time.
   - another Redis or database (no command spans two): WATCH old; MULTI; RPOP old; SET journal
     {key, message}; EXEC on the old Redis, then LPUSH on the new one, then DEL journal. A crash
     leaves the message in the journal (the key celery-toolkit:moving on the old Redis): count
     reports it, so deploy.yml refuses and the next move runs; it pushes it first, unless LPOS
-    finds it in the new list already (nothing consumes there yet), so it arrives once. RPOP from the right and LPUSH to the left keep the queue's order.
+    finds it in the new list already (nothing consumes there yet), so it arrives once.
+RPOP from the right and LPUSH to the left keep the queue's order.
 """
 
 from __future__ import annotations
