@@ -317,16 +317,13 @@ def exporter_errors(
                     "another port (9808 is its own).",
                 )
             )
-    interval = whole(hv.get("celery_exporter_interval", 15))
-    if interval is not None and interval < 1:
-        found.append(
-            (
-                "celery_exporter_interval",
-                host,
-                f" is {interval}: the exporter needs at least 1 second between two collections "
-                "(15 is the default).",
-            )
-        )
+    found += at_least(
+        host,
+        hv,
+        "celery_exporter_interval",
+        1,
+        "the exporter needs at least 1 second between two collections (15 is the default).",
+    )
     return found
 
 

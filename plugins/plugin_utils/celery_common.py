@@ -58,8 +58,8 @@ def whole(value: Any) -> int | None:
 
 def at_least(host: str, hv: Mapping[str, Any], var: str, least: int, why: str) -> list[Refusal]:
     """The host's `var` is a whole number of at least `least`, else one refusal: " is N: why"
-    (a value that is no number is the argument spec's to name)."""
-    number = whole(hv[var])
+    (a value that is no number, or none at all, is the argument spec's to name)."""
+    number = whole(hv.get(var))
     return [] if number is None or number >= least else [(var, host, f" is {number}: {why}")]
 
 
