@@ -1,6 +1,6 @@
-"""A registered result (or a fact set by set_fact) outranks a task's own `vars:` (Ansible's variable precedence): a task
-file that registers a name another task uses as a task variable reads the registered result
-there instead, once both ran in one play (move-queues.yml ran stranded.yml after move.yml
+"""A registered result (or a fact set by set_fact) outranks a task's own `vars:` (Ansible's
+variable precedence): a task that uses a name as a task variable reads the registered result
+instead, once a task of that name ran in the play (move-queues.yml ran stranded.yml after move.yml
 registered `__celery_deploy_answers`, and the verdict read the ping's results). No name is both."""
 
 from pathlib import Path
