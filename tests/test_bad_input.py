@@ -741,7 +741,25 @@ NO_REFUSAL = {
     "flower_restart_token": "any text: its change restarts Flower (a fingerprint)",
     "celery_process_under": "passed by every call of the seam (the manager to act under)",
     "celery_process_processes": "passed by every call of the seam (the processes to act on)",
+    "celery_deploy_stranded_refuse": "set by the playbook that counts (deploy.yml: refuse, "
+    "move-queues.yml: count only); its argument spec checks the type",
 }
+# issue 21: queued messages a deploy would strand
+CASES += [
+    (
+        "drop-queued-not-a-boolean",
+        {"celery_deploy_drop_queued": "perhaps"},
+        {},
+        "argument 'celery_deploy_drop_queued' is of type str and we were unable to convert to bool",
+    ),
+    (
+        "move-into-a-queue-nobody-consumes",
+        {"celery_deploy_move_into": "lost"},
+        {},
+        f"celery_deploy_move_into on {ALL} is 'lost', a queue no worker group of the layout "
+        "consumes (celery_workers_groups: default, high, low): name one of those",
+    ),
+]
 CHOICES_REFUSED = {
     "celery_deploy_mark_state": ("gone", "value of celery_deploy_mark_state must be one of"),
     # refused by their argument spec's choices, in other cases of this matrix or here

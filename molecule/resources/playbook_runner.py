@@ -8,6 +8,7 @@ ansible.cfg, without colour, against the scenario's inventory (with its linked g
 
 import json
 import os
+import shlex
 import subprocess
 import time
 from collections.abc import Callable, Iterable
@@ -36,6 +37,13 @@ def run_playbook(
     if check:
         assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     return proc, seconds
+
+
+def run_as_app(host, app: str, script: str, *args: str) -> str:
+    """Run a Python script on `host` as the app (<app>-run python -c SCRIPT ARGS...), with its
+    environment and Redis user; its output."""
+    words = " ".join(shlex.quote(str(word)) for word in (script, *args))
+    return host.check_output(f"{app}-run python -c {words}")
 
 
 # Runs on a host as the app (refapp-run python -c LEDGER PREFIX): the refapp:ledger entries whose

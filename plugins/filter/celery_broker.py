@@ -110,6 +110,30 @@ def _target(worker: str, address: str, brokers: list[str], settings: Settings) -
     )
 
 
+# issue 21 (celery_stranded.py): which Redis a recorded or new broker address reaches
+broker_target = _target
+
+
+def _database(parts: SplitResult) -> str:
+    """The database a URL names (Redis's 0 when it names none)."""
+    return parts.path.strip("/") or "0"
+
+
+def celery_broker_endpoint(url: Any) -> dict[str, Any]:
+    """Where a broker URL points, {host, port, db}, never its user or password (issue 21: what a
+    worker host records it consumed from). {} for a URL that cannot be read (validate.yml names
+    it first)."""
+    try:
+        parts = urlsplit(str(url or ""))
+        port = parts.port or URL_DEFAULT_PORT
+    except ValueError:
+        return {}
+    if not parts.hostname:
+        return {}
+    db = _database(parts)
+    return {"host": parts.hostname, "port": port, "db": int(db) if db.isdigit() else db}
+
+
 def _endpoint_problems(parts: SplitResult, target: str, hv: Mapping[str, Any]) -> list[str]:
     """The URL's port and database against the Redis of `target`."""
     problems = []
@@ -120,7 +144,7 @@ def _endpoint_problems(parts: SplitResult, target: str, hv: Mapping[str, Any]) -
             f"{redis_port} in the URL."
         )
     databases = whole(hv["redis_databases"])
-    db = parts.path.strip("/") or "0"
+    db = _database(parts)
     if databases is not None and (not db.isdigit() or int(db) >= databases):
         problems.append(
             f" names the database {db!r}, but Redis on {target} has databases 0 to "
@@ -222,7 +246,8 @@ def flower_port_errors(
 
 
 class FilterModule:
-    """No filter of its own: celery_inventory_errors (celery_inventory.py) runs these rules."""
+    """celery_inventory_errors (celery_inventory.py) runs these rules; celery_broker_endpoint is
+    the one filter of its own."""
 
     def filters(self) -> dict[str, Any]:
-        return {}
+        return {"celery_broker_endpoint": celery_broker_endpoint}

@@ -40,6 +40,9 @@ from ansible_collections.celery_toolkit.stack.plugins.filter.celery_secrets impo
     result_backend_errors,
     secret_errors,
 )
+from ansible_collections.celery_toolkit.stack.plugins.filter.celery_stranded import (  # issue 21
+    move_into_errors,
+)
 from ansible_collections.celery_toolkit.stack.plugins.plugin_utils.celery_common import (
     NAME,
     NAME_RULE,
@@ -68,6 +71,7 @@ RULE_VARIABLES = [
     "celery_app_config_dir",
     "celery_process_manager",
     "celery_deploy_batch",
+    "celery_deploy_move_into",  # issue 21
     "celery_private_address",
     "celery_app_broker_url",
     "celery_app_result_backend",
@@ -350,6 +354,7 @@ def celery_inventory_errors(groups: Mapping[str, Iterable[str]], settings: Setti
     found += broker_url_errors(workers, brokers, settings)
     found += broker_url_errors(flowers, brokers, settings, "flower_broker_url")
     found += flower_port_errors(flowers, brokers, settings)
+    found += move_into_errors(workers, settings)  # issue 21
     # issue 20: celery_exporter
     for host in workers:
         found += exporter_errors(host, settings[host], host in flowers, host in brokers)

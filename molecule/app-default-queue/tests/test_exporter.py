@@ -8,7 +8,7 @@ import os
 import re
 import time
 
-from playbook_runner import run_playbook
+from playbook_runner import run_as_app, run_playbook
 
 SHAPE = json.loads(os.environ["APP_SHAPE"])
 APP = SHAPE["app"]
@@ -39,9 +39,7 @@ print("done")
 
 
 def as_app(host, *args):
-    quoted = " ".join(f"'{a}'" for a in args)
-    assert "'" not in AS_APP
-    return host.check_output(f"{APP}-run python -c '{AS_APP}' {quoted}")
+    return run_as_app(host, APP, AS_APP, *args)
 
 
 def metrics(host) -> dict:
