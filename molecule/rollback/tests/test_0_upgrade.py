@@ -14,6 +14,7 @@ import re
 import pytest
 
 from load import assert_exactly_once, current_release, playbook, switch_under_load
+from playbook_runner import record_figure
 
 HOST = "celery-toolkit-rollback"
 FACT = "/etc/ansible/facts.d/refapp.fact"
@@ -75,6 +76,16 @@ def previous(host):
 @pytest.fixture(scope="module")
 def upgrade(host, previous):
     out, after = switch_under_load(host, "up", "deploy.yml", figures="upgrade-figures.json")
+    # how long the broker was away (CHANGELOG: Redis restarts once): stop began -> ready again
+    redis = dict(
+        line.split("=", 1)
+        for line in host.check_output(
+            "systemctl show -p ActiveExitTimestampMonotonic -p ActiveEnterTimestampMonotonic"
+            " redis-server"
+        ).splitlines()
+    )
+    away = int(redis["ActiveEnterTimestampMonotonic"]) - int(redis["ActiveExitTimestampMonotonic"])
+    record_figure("upgrade-figures.json", "redis_restart_seconds", away / 1e6)
     return out, after, running_services(host)
 
 
