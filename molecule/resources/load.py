@@ -6,6 +6,7 @@ tests."""
 
 import json
 import time
+from pathlib import PurePosixPath
 
 from playbook_runner import LEDGER, record_figure, run_playbook, wait_until_ran
 
@@ -31,6 +32,11 @@ for i in range(n_fast):
 def as_app(host, script, *args):
     quoted = " ".join(f"'{a}'" for a in args)
     return host.check_output(f"refapp-run python -c '{script.replace(chr(39), chr(34))}' {quoted}")
+
+
+def current_release(host):
+    """The release the app's `current` link points at (its folder's name)."""
+    return PurePosixPath(host.file("/opt/refapp/current").linked_to).name
 
 
 def playbook(name, *extra):

@@ -1,16 +1,16 @@
 """rollback.yml and the way back, under load: no task lost, none run twice.
 
-The tests run in file order and share the deployed host: split -> single -> split.
+The tests run in file order and share the deployed host: split -> single -> split. The host was
+deployed by the previous release and upgraded under load by test_0_upgrade.py, which runs first.
 """
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 import yaml
 
-from load import as_app, assert_exactly_once, playbook, switch_under_load
+from load import as_app, assert_exactly_once, current_release, playbook, switch_under_load
 from playbook_runner import ROOT, run_playbook
 
 
@@ -115,10 +115,6 @@ PROBE_RELEASE = """
 from refapp.tasks.probe import probe
 print(probe.apply_async(args=["release"], queue="low").get(timeout=60)["release"])
 """
-
-
-def current_release(host):
-    return Path(host.file("/opt/refapp/current").linked_to).name
 
 
 def test_rollback_to_previous_release(host, rollback_run):
