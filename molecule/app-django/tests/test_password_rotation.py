@@ -146,6 +146,15 @@ def extra_vars(path: Path, users: list[dict], admin: str, previous: dict | None)
     return path
 
 
+def logins(host, old: dict, new: dict) -> dict:
+    """(name, old or new) -> Redis's answer to AUTH with that password."""
+    return {
+        (name, which): login(host, name, passwords[name])
+        for name in new
+        for which, passwords in (("old", old), ("new", new))
+    }
+
+
 def rotate(host, tmp: Path, inventory: dict, old: dict, new: dict, on_rolled=None) -> dict:
     """Steps 1 and 3 (and, between them, on_rolled: the operator's producers get the new
     password). old/new: name (admin, shop, shop-flower) -> password. Returns the seconds and
@@ -155,21 +164,13 @@ def rotate(host, tmp: Path, inventory: dict, old: dict, new: dict, on_rolled=Non
     pid = redis_pid(host)
     step1 = extra_vars(tmp / "step1.json", with_new, new["admin"], old)
     _, add_seconds = run_playbook("deploy.yml", "-e", f"@{step1}")
-    both = {
-        (name, which): login(host, "admin" if name == "admin" else name, pw[name])
-        for name in new
-        for which, pw in (("old", old), ("new", new))
-    }
+    both = logins(host, old, new)
     pid_after_add = redis_pid(host)
     if on_rolled:
         on_rolled()
     step3 = extra_vars(tmp / "step3.json", with_new, new["admin"], None)
     _, remove_seconds = run_playbook("deploy.yml", "-e", f"@{step3}")
-    after = {
-        (name, which): login(host, "admin" if name == "admin" else name, pw[name])
-        for name in new
-        for which, pw in (("old", old), ("new", new))
-    }
+    after = logins(host, old, new)
     return {
         "add_and_roll_seconds": add_seconds,
         "remove_seconds": remove_seconds,
