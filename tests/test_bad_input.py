@@ -606,6 +606,22 @@ CASES = [
         "redis_acl_users on vm1: the user name 'shop app' is not a plain word",
     ),
     (
+        "previous-password-equal-to-the-new-one",
+        {"redis_password_previous": "a-real-broker-secret-0123456789"},
+        {},
+        "redis_password_previous on vm1: it is redis_password itself: nothing is rotated",
+    ),
+    (
+        "acl-user-previous-password-without-a-password",
+        {
+            "redis_acl_users": [
+                {"name": "shop", "password": "", "previous_password": "shop-broker-secret-0123"}
+            ]
+        },
+        {},
+        "redis_acl_users on vm1: the previous_password of user 'shop' is set without its password",
+    ),
+    (
         "admin-user-named-default",
         {"redis_admin_user": "default"},
         {},

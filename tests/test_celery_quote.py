@@ -13,7 +13,7 @@ from pathlib import Path
 import jinja2
 import pytest
 
-from celery_quote import FilterModule, redis_config_quote, systemd_env_quote
+from celery_quote import FilterModule, redis_acl_user, redis_config_quote, systemd_env_quote
 
 ROOT = Path(__file__).resolve().parent.parent
 FILES = ROOT / "roles/celery_app/files"
@@ -67,7 +67,11 @@ def test_a_control_character_is_refused_without_showing_the_value(quote, char):
 
 
 def test_the_filters_are_registered():
-    assert set(FilterModule().filters()) == {"systemd_env_quote", "redis_config_quote"}
+    assert set(FilterModule().filters()) == {
+        "systemd_env_quote",
+        "redis_config_quote",
+        "redis_acl_user",
+    }
 
 
 # systemd's grammar beyond what the toolkit writes: what a hand-written file may hold
@@ -280,3 +284,22 @@ def test_the_run_helper_stops_on_a_missing_environment_file(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.startswith("shop-run: cannot read the environment file: ")
     assert "shop.env" in proc.stderr
+
+
+def test_an_acl_user_holds_its_previous_password_until_it_is_removed():
+    """auth.conf's `user` line and acl.yml's ACL SETUSER: reset, on, both passwords quoted (a
+    rotation), the profile's rules; `default` off holds no password."""
+
+    profiles = {"celery": "~* -@all +ping", "flower": "~* +get"}
+    user = {"name": "shop", "password": 'new "pw"', "previous_password": "old pw"}
+    line = redis_acl_user(user, profiles)
+    assert line == 'reset on ">new \\"pw\\"" ">old pw" ~* -@all +ping'
+    assert sdssplitargs(line)[2:4] == ['>new "pw"', ">old pw"]
+    assert redis_acl_user({**user, "previous_password": ""}, profiles) == (
+        'reset on ">new \\"pw\\"" ~* -@all +ping'
+    )
+    assert redis_acl_user({**user, "profile": "flower", "extra_rules": "+mget"}, profiles).endswith(
+        '">old pw" ~* +get +mget'
+    )
+    default = {"name": "default", "enabled": False, "password": "x", "rules": "~* &* +@all"}
+    assert redis_acl_user(default, profiles) == "reset off ~* &* +@all"

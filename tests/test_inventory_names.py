@@ -270,3 +270,24 @@ def test_the_default_user_is_refused_when_the_broker_keeps_it_off():
     acl = [{"name": "refapp", "password": PASSWORD}]
     url = f"redis://refapp:{PASSWORD}@127.0.0.1:6379/0"
     assert check(url, redis_default_user_enabled=False, redis_acl_users=acl) == []
+
+
+def test_during_a_rotation_the_url_may_hold_the_previous_password_or_the_new_one():
+    """README "Rotating the broker password": Redis accepts both passwords until the previous
+    one is removed, so the URL may carry either; any third is refused, without printing it."""
+    users = [
+        {
+            "name": "shop",
+            "password": "shop-broker-new-secret-1234",
+            "previous_password": "shop-broker-old-secret-1234",
+        }
+    ]
+    for password in ("shop-broker-new-secret-1234", "shop-broker-old-secret-1234"):
+        url = f"redis://shop:{password}@127.0.0.1/0"
+        assert check(url, redis_acl_users=users) == []
+    wrong = check("redis://shop:shop-broker-third-secret-1@127.0.0.1/0", redis_acl_users=users)
+    assert len(wrong) == 1 and "(nor its previous_password)" in wrong[0]
+    assert "third" not in wrong[0]
+    old = "the-previous-admin-password-01"
+    assert check(f"redis://:{old}@127.0.0.1/0", redis_password_previous=old) == []
+    assert len(check(f"redis://:{old}@127.0.0.1/0")) == 1

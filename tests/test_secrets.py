@@ -320,3 +320,64 @@ def test_no_message_holds_a_secret():
     )
     assert len(errors) >= 5
     assert not any("s3cr3t" in e or "value-0123" in e for e in errors), errors
+
+
+@pytest.mark.parametrize(
+    ("users", "previous", "said"),
+    [
+        (
+            [],
+            BROKER_PASSWORD,
+            "redis_password_previous on vm1: it is redis_password itself: nothing is rotated. "
+            'Remove it once the fleet has the new password (README "Rotating the broker '
+            'password").',
+        ),
+        (
+            [],
+            "old\npassword-0123456",
+            "redis_password_previous on vm1: it holds a newline: Redis's configuration ends a "
+            "directive at a newline and the whole file at a NUL; no control character is "
+            "accepted.",
+        ),
+        (
+            [{"name": "shop", "password": "", "previous_password": "shop-old-secret-0123"}],
+            "",
+            "redis_acl_users on vm1: the previous_password of user 'shop' is set without its "
+            "password: a previous password is only accepted next to the new one. Set its "
+            "password, or remove the previous one.",
+        ),
+        (
+            [{"name": "shop", "password": "shop-secret-01", "previous_password": "shop-secret-01"}],
+            "",
+            "redis_acl_users on vm1: the previous_password of user 'shop' is its password itself: "
+            "nothing is rotated. Remove it once the fleet has the new password (README "
+            '"Rotating the broker password").',
+        ),
+    ],
+)
+def test_a_previous_password_is_refused_unless_it_rotates_to_a_new_one(users, previous, said):
+    errors = celery_credential_errors(
+        {
+            "redis_password": BROKER_PASSWORD,
+            "redis_password_previous": previous,
+            "redis_acl_users": users,
+        },
+        "vm1",
+    )
+    assert errors == [said]
+    assert "shop-secret-01" not in said and BROKER_PASSWORD not in said
+
+
+def test_a_rotation_in_progress_passes():
+    users = [{"name": "shop", "password": "shop-new-secret-01", "previous_password": "shop-old-1"}]
+    assert (
+        celery_credential_errors(
+            {
+                "redis_password": BROKER_PASSWORD,
+                "redis_password_previous": "the-previous-admin-password",
+                "redis_acl_users": users,
+            },
+            "vm1",
+        )
+        == []
+    )

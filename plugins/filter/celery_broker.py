@@ -39,8 +39,9 @@ def _passwords(brokers: Iterable[str], settings: Settings) -> set[str]:
     for broker in brokers:
         hv = settings[broker]
         users = hv["redis_acl_users"]
-        found |= {str(u.get("password")) for u in users or [] if isinstance(u, Mapping)}
-        found.add(str(hv["redis_password"] or ""))
+        for user in [u for u in users or [] if isinstance(u, Mapping)]:
+            found |= {str(user.get("password")), str(user.get("previous_password") or "")}
+        found |= {str(hv["redis_password"] or ""), str(hv.get("redis_password_previous") or "")}
     return found - {"", "None"}
 
 
@@ -172,7 +173,9 @@ def _login_problem(parts: SplitResult, target: str, hv: Mapping[str, Any]) -> st
                 "broker."
             )
         expected = hv["redis_password"]
-        if expected and password != str(expected):
+        # during a rotation the URL may still hold the previous password (Redis accepts both)
+        accepted = {str(expected), str(hv.get("redis_password_previous") or expected)}
+        if expected and password not in accepted:
             return (
                 " authenticates as Redis's default user with a password that is not "
                 f"redis_password of {target}: write the URL as redis://:{URL_ENCODE}@HOST:PORT/DB, "
@@ -186,11 +189,15 @@ def _login_problem(parts: SplitResult, target: str, hv: Mapping[str, Any]) -> st
             f"{target} (users: {', '.join(sorted(users)) or 'none'}): add it there, or use "
             "redis://:PASSWORD@... with redis_password for the default user."
         )
-    if password != str(users[user].get("password", "")):
+    accepted = {
+        str(users[user].get(k) or users[user].get("password", ""))
+        for k in ("password", "previous_password")
+    }
+    if password not in accepted:
         return (
             f" authenticates as the Redis user {user!r} with a password that is not the one "
-            f"redis_acl_users gives {user!r} on {target}: use that password (URL-encoded) in the "
-            "URL."
+            f"redis_acl_users gives {user!r} on {target} (nor its previous_password): use that "
+            "password (URL-encoded) in the URL."
         )
     return ""
 

@@ -88,6 +88,7 @@ RULE_VARIABLES = [
     "flower_tls_cert_file",
     "flower_tls_key_file",
     "redis_password",
+    "redis_password_previous",
     "redis_acl_users",
     "redis_port",
     "redis_databases",

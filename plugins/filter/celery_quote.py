@@ -5,7 +5,9 @@ the program reads exactly the inventory's bytes:
   read by systemd's EnvironmentFile= and by roles/celery_app/files/celery_envfile.py (which
   `<app>-run` and the supervisor wrapper use; no shell reads these files);
 - redis_config_quote: one argument of a Redis configuration line (sdssplitargs in Redis's
-  sds.c), e.g. `requirepass` or an ACL user's `>password`.
+  sds.c), e.g. `requirepass` or an ACL user's `>password`;
+- redis_acl_user: what follows an ACL user's name in auth.conf's `user` line and in ACL SETUSER
+  (the same parser reads both): on or off, its passwords quoted, its rules.
 
 Control characters (a newline, a tab, NUL...) cannot be carried by both (Redis ends a directive
 at a newline); the inventory's validation refuses them, naming the variable; these filters
@@ -15,6 +17,7 @@ refuse them too, without printing the value (it is usually a secret).
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Mapping
 from typing import Any
 
 from ansible.errors import AnsibleFilterError
@@ -61,9 +64,26 @@ def redis_config_quote(value: Any) -> str:
     return '"' + "".join(out) + '"'
 
 
+def redis_acl_user(user: Mapping[str, Any], profiles: Mapping[str, str]) -> str:
+    """`reset`, then `on` with the user's passwords (">password", and ">previous_password" while a
+    rotation rolls the clients over: Redis accepts both) or `off` without any when `enabled` is
+    false, then its rules: `rules`, else its profile's (celery by default) and `extra_rules`.
+    `reset` first: what the inventory no longer says (an old password, a rule) is dropped."""
+    if "rules" in user and user["rules"] is not None:
+        rules = str(user["rules"])
+    else:
+        rules = f"{profiles[user.get('profile') or 'celery']} {user.get('extra_rules') or ''}"
+    if not user.get("enabled", True):
+        return f"reset off {rules.strip()}"
+    passwords = [user.get("password"), user.get("previous_password")]
+    quoted = [redis_config_quote(">" + str(p)) for p in passwords if p]
+    return " ".join(["reset", "on", *quoted, rules.strip()])
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
             "systemd_env_quote": systemd_env_quote,
             "redis_config_quote": redis_config_quote,
+            "redis_acl_user": redis_acl_user,
         }

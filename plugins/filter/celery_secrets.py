@@ -135,6 +135,30 @@ def environment_errors(host: str, environment: Any) -> list[Refusal]:
     return found
 
 
+def _previous_password_errors(
+    host: str, var: str, what: str, password: Any, previous: Any, current: str
+) -> list[Refusal]:
+    """A rotation's previous password (README "Rotating the broker password"): only next to a
+    new password that differs from it, and carried by Redis's configuration."""
+    if previous is None or previous == "":
+        return []
+    if password is None or password == "":
+        problem = (
+            f": {what} is set without {current}: a previous password is only accepted next to "
+            f"the new one. Set {current}, or remove the previous one."
+        )
+    elif str(previous) == str(password):
+        problem = (
+            f": {what} is {current} itself: nothing is rotated. Remove it once the fleet has the "
+            'new password (README "Rotating the broker password").'
+        )
+    elif kind := control(previous):
+        problem = f": {what} holds {kind}: {REDIS_CONFIG_CUT}; no control character is accepted."
+    else:
+        return []
+    return [(var, host, problem)]
+
+
 def _acl_user_errors(host: str, users: Any, admin: Any) -> list[Refusal]:
     found: list[Refusal] = []
     for user in users if isinstance(users, list) else []:
@@ -161,6 +185,14 @@ def _acl_user_errors(host: str, users: Any, admin: Any) -> list[Refusal]:
                     "celery_app_broker_url).",
                 )
             )
+        found += _previous_password_errors(
+            host,
+            "redis_acl_users",
+            f"the previous_password of user {name!r}",
+            user.get("password"),
+            user.get("previous_password"),
+            "its password",
+        )
         if kind := control(user.get("password") or ""):
             found.append(
                 (
@@ -214,6 +246,15 @@ def credential_errors(host: str, hv: Mapping[str, Any], names: Iterable[str]) ->
                 "configuration line of its own; no control character is accepted. Choose a "
                 f"password without one ({PRINTABLE_FINE}).",
             )
+        )
+    if "redis_password" in names:
+        found += _previous_password_errors(
+            host,
+            "redis_password_previous",
+            "it",
+            hv.get("redis_password"),
+            hv.get("redis_password_previous"),
+            "redis_password",
         )
     if "redis_acl_users" in names:
         found += _acl_user_errors(host, hv.get("redis_acl_users"), hv.get("redis_admin_user"))
