@@ -99,7 +99,7 @@ def rate_limited(sh, recover, prefix, n=5):
     return result(settle(sh, prefix, n), prefix, tokens, output)
 
 
-def solo_busy(sh, recover, prefix, seconds=25):
+def solo_busy(sh, recover, prefix, seconds=45):
     """One slow task of `seconds` on the solo group, far longer than the 5 s inspect timeout:
     the group answers nothing while it runs."""
     as_app(sh, SEND, prefix, "0", "0", "1", str(seconds))
@@ -110,7 +110,7 @@ def solo_busy(sh, recover, prefix, seconds=25):
     return result(settle(sh, prefix, 1), prefix, tokens, output, silent=silent)
 
 
-def warm_shutdown(sh, recover, prefix, n=4, seconds=20):
+def warm_shutdown(sh, recover, prefix, n=4, seconds=40):
     """The fast group's main process gets SIGTERM (Celery's warm shutdown, without the unit's
     drain) with n tasks of `seconds` running: it stops answering and finishes them; systemd
     then starts it again (Restart=always)."""

@@ -128,7 +128,7 @@ def test_recovery_holds_back_a_rate_limited_task_waiting_for_its_token(host):
 
 
 def test_recovery_waits_for_a_busy_solo_pool(host):
-    """The solo group runs a 25 s task: it answers no inspect (the precondition), the
+    """The solo group runs a 45 s task: it answers no inspect (the precondition), the
     recovery waits until it answers again instead of giving its task back."""
     out = run_case(host, "solo busy")
     assert out["silent"], "the busy solo group answered a ping: the case tests nothing"
@@ -154,7 +154,7 @@ def test_recovery_refuses_while_a_worker_stays_silent_beyond_its_patience(host):
     """With a patience shorter than the solo group's task, the run refuses and says what to do;
     the task runs once."""
     token = f"patience-{RUN}"
-    as_app(host, SEND, token, "0", "0", "1", "20")
+    as_app(host, SEND, token, "0", "0", "1", "45")
     assert wait_for(
         lambda: not recovery_cases.answers(host.check_output, "slow@$(hostname)", 1), 20
     )
