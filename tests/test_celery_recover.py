@@ -361,3 +361,31 @@ def test_list_local_prints_the_nodes_as_json(monkeypatch, capsys):
     monkeypatch.setattr(celery_recover, "local_nodes", lambda: {SLOW, FAST})
     assert celery_recover.main(["--list-local"]) == 0
     assert json.loads(capsys.readouterr().out) == [FAST, SLOW]
+
+
+def test_heartbeats_are_listened_to_for_their_window_even_when_events_never_pause(monkeypatch):
+    """kombu's capture timeout counts silent seconds only: with task events every second it
+    would never end; the handler stops the receiver once the window has passed."""
+    now = [0.0]
+    monkeypatch.setattr(celery_recover.time, "monotonic", lambda: now[0])
+
+    class Receiver:
+        def __init__(self, conn, handlers):
+            self.handler, self.should_stop = handlers["*"], False
+
+        def capture(self, limit, timeout, wakeup):
+            events = [
+                {"type": "task-succeeded", "hostname": FAST},
+                {"type": "worker-heartbeat", "hostname": FAST},
+                {"type": "worker-heartbeat", "hostname": SLOW},
+            ]
+            while not self.should_stop:
+                now[0] += 0.5
+                self.handler(events[int(now[0] * 2) % 3])
+                assert now[0] < 60, "the receiver was never stopped"
+
+    app = App(Broker([]), [factory({})])
+    app.connection_for_read = app.connection_for_write
+    app.events = type("Events", (), {"Receiver": Receiver})
+    assert celery_recover.heard(app, 3) == {FAST, SLOW}
+    assert 3 <= now[0] < 4

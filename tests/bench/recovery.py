@@ -67,14 +67,19 @@ def main() -> int:
     parser.add_argument(
         "--helper",
         help="a celery_recover.py of the controller to run instead of the deployed one"
-        " (e.g. an earlier version's, for a comparison): copied to the VM's /tmp",
+        " (e.g. an earlier version's, for a comparison): copied to the VM's /var/tmp",
     )
     args = parser.parse_args()
     sh = shell(args.container)
     helper = HELPER
     if args.helper:
-        helper = "/tmp/celery_recover_compared.py"
-        subprocess.run(["docker", "cp", args.helper, f"{args.container}:{helper}"], check=True)
+        helper = "/var/tmp/celery_recover_compared.py"  # /tmp is a tmpfs docker cp misses
+        subprocess.run(
+            ["docker", "exec", "-i", args.container, "sh", "-c", f"cat > {helper}"],
+            input=Path(args.helper).read_text(),
+            text=True,
+            check=True,
+        )
         sh(f"chmod 0644 {helper}")
     tag = uuid.uuid4().hex[:6]
     rows = {
