@@ -8,6 +8,7 @@ import re
 import time
 import uuid
 
+import recovery_cases
 from load import SEND
 from playbook_runner import LEDGER, record_figure, run_playbook, wait_for
 
@@ -93,3 +94,74 @@ def test_recover_playbook_gives_back_a_stranded_task_once(host):
         line for line in again.stdout.splitlines() if line.startswith("celery-toolkit-default")
     ]
     assert recap and "changed=0" in recap[-1], recap
+
+
+# -- issue 21: a live worker that does not list what it holds ---------------------------------
+
+
+def recover_playbook():
+    proc, _ = run_playbook("recover.yml")
+    return flat(proc.stdout + proc.stderr)
+
+
+def run_case(host, name):
+    case = recovery_cases.CASES[name]
+    out = case(host.check_output, recover_playbook, f"{name.replace(' ', '-')}-{RUN}")
+    record_figure(
+        "recover-figures.json",
+        f"recovery during: {name}",
+        {k: v for k, v in out.items() if k != "output"},
+    )
+    return out
+
+
+def test_recovery_holds_back_a_rate_limited_task_waiting_for_its_token(host):
+    """Celery's strategy hands a rate-limited task to the consumer's token bucket: it is in
+    none of active, reserved, scheduled. The recovery holds it back, nothing runs twice."""
+    out = run_case(host, "rate-limited")
+    text = out["output"]
+    assert re.search(
+        r"held back \S+ refapp\.tasks\.ledger\.record_fast -> high: rate-limited in fast@", text
+    ), text[-2000:]
+    assert not re.search(r"requeued \S+ refapp", text), text[-2000:]
+    assert (out["run_twice"], out["lost"]) == (0, 0), out
+
+
+def test_recovery_waits_for_a_busy_solo_pool(host):
+    """The solo group runs a 45 s task: it answers no inspect (the precondition), the
+    recovery waits until it answers again instead of giving its task back."""
+    out = run_case(host, "solo busy")
+    assert out["silent"], "the busy solo group answered a ping: the case tests nothing"
+    assert re.search(r"waited \d+ s for slow@\S+ \(alive, silent\)", out["output"]), out["output"][
+        -2000:
+    ]
+    assert "0 of " in out["output"] or "no unacknowledged task" in out["output"], out["output"][
+        -2000:
+    ]
+    assert (out["run_twice"], out["lost"]) == (0, 0), out
+
+
+def test_recovery_waits_for_a_group_in_its_warm_shutdown(host):
+    out = run_case(host, "warm shutdown")
+    assert out["silent"], "the group in its warm shutdown answered a ping: the case tests nothing"
+    assert re.search(r"waited \d+ s for fast@\S+ \(alive, silent\)", out["output"]), out["output"][
+        -2000:
+    ]
+    assert (out["run_twice"], out["lost"]) == (0, 0), out
+
+
+def test_recovery_refuses_while_a_worker_stays_silent_beyond_its_patience(host):
+    """With a patience shorter than the solo group's task, the run refuses and says what to do;
+    the task runs once."""
+    token = f"patience-{RUN}"
+    as_app(host, SEND, token, "0", "0", "1", "45")
+    assert wait_for(
+        lambda: not recovery_cases.answers(host.check_output, "slow@$(hostname)", 1), 20
+    )
+    proc, _ = run_playbook("recover.yml", "-e", "celery_recover_patience=3", check=False)
+    out = flat(proc.stdout + proc.stderr)
+    assert proc.returncode != 0, out[-2000:]
+    assert re.search(r"slow@\S+: alive .* nothing given back", out), out[-2000:]
+    assert "Run playbooks/recover.yml again once it answers" in out, out[-2000:]
+    ledger_now = recovery_cases.settle(host.check_output, token, 1)
+    assert ledger_now == {f"{token}-slow-0": 1}
