@@ -77,10 +77,15 @@ with Connection(url) as conn:
             except Exception as exc:
                 out["refused"].append(f"{step}: {type(exc).__name__}")
             out[f"{step}_after"] = {"unacked": admin.hlen("unacked"), "queued": admin.llen("q")}
-    try:  # a worker that starts at the limit declares its queues (their lengths, in a MULTI)
-        conn.Consumer(queue, accept=["json"]).close()
-    except Exception as exc:
-        out["refused"].append(f"declare: {type(exc).__name__}")
+    # a worker that starts at the limit declares its queues (their lengths in a MULTI, their
+    # bindings) and its pidbox queue (x-expires: kombu's binding script)
+    with Connection(url) as fresh:
+        for declared in (queue, Queue("p", Exchange("p", "fanout"), expires=10)):
+            try:
+                fresh.Consumer(declared, accept=["json"]).close()
+            except Exception as exc:
+                out["refused"].append(f"declare {declared.name}: {type(exc).__name__}")
+    out["bindings"] = sorted(k.decode() for k in admin.keys("_kombu.binding.*"))
     out["redelivered"] = sum(1 for m in admin.lrange("q", 0, -1) if b'"redelivered": true' in m)
     out["over_limit"] = int(admin.info("memory")["used_memory"]) > int(
         admin.config_get("maxmemory")["maxmemory"])
@@ -160,6 +165,7 @@ def test_a_full_redis_refuses_publishes_and_records_every_pop(redis_port):
     assert out["requeue_after"] == {"unacked": 0, "queued": 38}
     assert out["restore_after"] == {"unacked": 0, "queued": 38}
     assert out["redelivered"] == 2
+    assert "_kombu.binding.p" in out["bindings"], out  # the pidbox-like queue bound at the limit
     assert out["over_limit"]  # all of it done above maxmemory
     # a task's STARTED state is stored (task_track_started: refused, the task is not run)
     assert out["state"] == "STARTED"
@@ -171,7 +177,8 @@ def test_without_the_patch_the_popped_message_is_lost(redis_port):
     # the pop took the message off the list; its bookkeeping was refused: in no list, no hash
     assert "ack pop: OutOfMemoryError" in out["refused"], out
     assert out["after_refused_pop"] == {"unacked": 0, "queued": 39}
-    assert "declare: OutOfMemoryError" in out["refused"], out
+    assert "declare q: OutOfMemoryError" in out["refused"], out
+    assert "declare p: OutOfMemoryError" in out["refused"], out
     assert "state: OutOfMemoryError" in out["refused"], out
 
 

@@ -73,6 +73,16 @@ return 1
 """
 )
 
+# KEYS: the exchange's binding table, its permanent set; ARGV: the binding. As kombu's
+# Channel._queue_bind for a queue without x-expires (a worker declares its queues at start).
+BIND = (
+    ALLOW_OOM
+    + """redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1
+"""
+)
+
 # What is replaced, with the parameters this module calls it with: a kombu or Celery that
 # changed them is refused rather than patched blindly.
 REPLACED = {
@@ -90,6 +100,13 @@ REPLACED = {
         "leftmost",
     ],
     "kombu.transport.redis:Channel._size": ["self", "queue"],
+    "kombu.transport.redis:Channel._queue_bind": [
+        "self",
+        "exchange",
+        "routing_key",
+        "pattern",
+        "queue",
+    ],
     "celery.backends.redis:RedisBackend._set": ["self", "key", "value", "expires"],
 }
 USED = {  # read, not replaced
@@ -99,7 +116,13 @@ USED = {  # read, not replaced
         "global_keyprefix",
         "priority_steps",
         "_q_for_pri",
+        "keyprefix_queue",
+        "keyprefix_binding_permanent",
+        "sep",
+        "_binding_ttl",
+        "_script_binding_deadlines",
     ],
+    "kombu.transport.redis:REFRESH_BINDING": [],
     "kombu.transport.redis:Channel.conn_or_acquire": [],
     "kombu.transport.virtual:QoS.append": [],
     "kombu.transport.virtual:QoS.ack": [],
@@ -193,7 +216,10 @@ def patch() -> None:
         "restore_by_tag": QoS.restore_by_tag,
         "restore_visible": QoS.restore_visible,
         "_set": RedisBackend._set,
+        "_queue_bind": transport.Channel._queue_bind,
     }
+    # kombu's own script for a queue with x-expires (celery's pidbox queues), allowed at the limit
+    refresh_binding = ALLOW_OOM + transport.REFRESH_BINDING + "return 1\n"
 
     def keys(qos, *more: str) -> list[str]:
         # kombu's prefixing client prefixes the first key of an EVALSHA only (as kombu's own
@@ -286,7 +312,30 @@ def patch() -> None:
                 pipe.llen(self._q_for_pri(queue, pri))
             return sum(size for size in pipe.execute() if isinstance(size, int))
 
+    def _queue_bind(self, exchange, routing_key, pattern, queue):
+        if not isinstance(getattr(self, "_expires", None), dict):  # set in kombu 5.7's __init__
+            return original["_queue_bind"](self, exchange, routing_key, pattern, queue)
+        key = self.keyprefix_queue % (exchange,)
+        member = self.sep.join([routing_key or "", pattern or "", queue or ""])
+        with self.conn_or_acquire() as client:
+            if queue in self._expires:
+                done = run_script(
+                    client,
+                    refresh_binding,
+                    [key, self._script_binding_deadlines],
+                    [member, exchange, self._binding_ttl(queue)],
+                )
+            else:
+                permanent = self.keyprefix_binding_permanent % (exchange,)
+                prefix = self.global_keyprefix or ""
+                done = run_script(client, BIND, [key, prefix + permanent], [member])
+        if done is None:
+            return original["_queue_bind"](self, exchange, routing_key, pattern, queue)
+        if self.typeof(exchange).type == "fanout":  # as kombu marks it
+            self._fanout_queues[queue] = (exchange, routing_key.replace("#", "*"))
+
     QoS.append, QoS.ack, QoS.reject = append, ack, reject
+    transport.Channel._queue_bind = _queue_bind
     transport.Channel._size = _size
     QoS.restore_by_tag, QoS.restore_visible = restore_by_tag, restore_visible
     RedisBackend._set = _set
