@@ -85,6 +85,10 @@ with Connection(url) as conn:
                 fresh.Consumer(declared, accept=["json"]).close()
             except Exception as exc:
                 out["refused"].append(f"declare {declared.name}: {type(exc).__name__}")
+        try:  # mingle, at a worker's start, deletes the reply queue of its hello (a MULTI)
+            fresh.default_channel._delete("r", "r", "r", None)  # what queue_delete calls
+        except Exception as exc:
+            out["refused"].append(f"delete r: {type(exc).__name__}")
     out["bindings"] = sorted(k.decode() for k in admin.keys("_kombu.binding.*"))
     out["redelivered"] = sum(1 for m in admin.lrange("q", 0, -1) if b'"redelivered": true' in m)
     out["over_limit"] = int(admin.info("memory")["used_memory"]) > int(
@@ -179,6 +183,7 @@ def test_without_the_patch_the_popped_message_is_lost(redis_port):
     assert out["after_refused_pop"] == {"unacked": 0, "queued": 39}
     assert "declare q: OutOfMemoryError" in out["refused"], out
     assert "declare p: OutOfMemoryError" in out["refused"], out
+    assert "delete r: OutOfMemoryError" in out["refused"], out
     assert "state: OutOfMemoryError" in out["refused"], out
 
 

@@ -100,6 +100,17 @@ REPLACED = {
         "leftmost",
     ],
     "kombu.transport.redis:Channel._size": ["self", "queue"],
+    "kombu.transport.redis:Channel._has_queue": ["self", "queue", "kwargs"],
+    "kombu.transport.redis:Channel._delete": [
+        "self",
+        "queue",
+        "exchange",
+        "routing_key",
+        "pattern",
+        "args",
+        "kwargs",
+    ],
+    "kombu.transport.redis:Channel._refresh_bindings": ["self", "queues"],
     "kombu.transport.redis:Channel._queue_bind": [
         "self",
         "exchange",
@@ -121,6 +132,7 @@ USED = {  # read, not replaced
         "sep",
         "_binding_ttl",
         "_script_binding_deadlines",
+        "typeof",
     ],
     "kombu.transport.redis:REFRESH_BINDING": [],
     "kombu.transport.redis:Channel.conn_or_acquire": [],
@@ -217,6 +229,7 @@ def patch() -> None:
         "restore_visible": QoS.restore_visible,
         "_set": RedisBackend._set,
         "_queue_bind": transport.Channel._queue_bind,
+        "_refresh_bindings": transport.Channel._refresh_bindings,
     }
     # kombu's own script for a queue with x-expires (celery's pidbox queues), allowed at the limit
     refresh_binding = ALLOW_OOM + transport.REFRESH_BINDING + "return 1\n"
@@ -303,14 +316,42 @@ def patch() -> None:
         if done is None:
             return original["_set"](self, key, value, expires)
 
-    def _size(self, queue):
-        # kombu reads the lengths in a MULTI, which a full Redis refuses whole (reads too:
-        # processCommand), and a worker declaring its queues at start then dies; one pipeline
-        # of reads, without MULTI, is answered
+    # kombu sends these in a MULTI, which a full Redis refuses whole (reads and deletes too:
+    # processCommand), and a worker that starts at the limit dies (its queues' lengths; the
+    # reply queue mingle deletes): the same commands in a pipeline without MULTI are answered
+    def each_priority(self, queue, command: str) -> list:
         with self.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
             for pri in self.priority_steps:
-                pipe.llen(self._q_for_pri(queue, pri))
-            return sum(size for size in pipe.execute() if isinstance(size, int))
+                getattr(pipe, command)(self._q_for_pri(queue, pri))
+            return pipe.execute()
+
+    def _size(self, queue):
+        return sum(n for n in each_priority(self, queue, "llen") if isinstance(n, int))
+
+    def _has_queue(self, queue, **kwargs):
+        return any(each_priority(self, queue, "exists"))
+
+    def _delete(self, queue, exchange, routing_key, pattern, *args, **kwargs):
+        self.auto_delete_queues.discard(queue)
+        member = self.sep.join([routing_key or "", pattern or "", queue or ""])
+        with self.conn_or_acquire(client=kwargs.get("client")) as client:
+            client.srem(self.keyprefix_queue % (exchange,), member)
+            client.srem(self.keyprefix_binding_permanent % (exchange,), member)
+        each_priority(self, queue, "delete")
+
+    def _refresh_bindings(self, queues):
+        # kombu's binding script for each binding in a MULTI: one allow-oom script each
+        with self.conn_or_acquire() as client:
+            for queue in queues:
+                for exchange, routing_key, args in self.state.queue_bindings(queue):
+                    _, pattern, _ = self.typeof(exchange).prepare_bind(
+                        queue, exchange, routing_key, args
+                    )
+                    member = self.sep.join([routing_key or "", pattern or "", queue])
+                    keys = [self.keyprefix_queue % (exchange,), self._script_binding_deadlines]
+                    argv = [member, exchange, self._binding_ttl(queue)]
+                    if run_script(client, refresh_binding, keys, argv) is None:
+                        return original["_refresh_bindings"](self, queues)
 
     def _queue_bind(self, exchange, routing_key, pattern, queue):
         if not isinstance(getattr(self, "_expires", None), dict):  # set in kombu 5.7's __init__
@@ -336,6 +377,8 @@ def patch() -> None:
 
     QoS.append, QoS.ack, QoS.reject = append, ack, reject
     transport.Channel._queue_bind = _queue_bind
+    transport.Channel._has_queue, transport.Channel._delete = _has_queue, _delete
+    transport.Channel._refresh_bindings = _refresh_bindings
     transport.Channel._size = _size
     QoS.restore_by_tag, QoS.restore_visible = restore_by_tag, restore_visible
     RedisBackend._set = _set
