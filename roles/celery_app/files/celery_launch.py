@@ -32,56 +32,36 @@ import os
 import sys
 from time import time
 
-ALLOW_OOM = "#!lua flags=allow-oom\n"
 
+def allow_oom(body: str) -> str:
+    """A script Redis >= 7.0 runs above maxmemory (its shebang's flag); it answers 1 when done."""
+    return f"#!lua flags=allow-oom\n{body}\nreturn 1\n"
+
+
+UNINDEX = "redis.call('ZREM', KEYS[1], ARGV[1]) redis.call('HDEL', KEYS[2], ARGV[1])"
 # KEYS: unacked_index, unacked; ARGV: score, delivery tag, [message, exchange, routing key]
-APPEND = (
-    ALLOW_OOM
-    + """redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-return 1
-"""
+APPEND = allow_oom(
+    "redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2]) redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])"
 )
 # KEYS: unacked_index, unacked; ARGV: delivery tag
-REMOVE = (
-    ALLOW_OOM
-    + """redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
-return 1
-"""
-)
+REMOVE = allow_oom(UNINDEX)
 # KEYS: unacked_index, unacked, the queues; ARGV: delivery tag, the unacked entry as read,
 # "1" to push leftmost, a payload per queue. Only if the entry is still the one read (what
 # kombu's WATCH guarantees): pushed back, then removed from the indices.
-RESTORE = (
-    ALLOW_OOM
-    + """if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
-local push = ARGV[3] == '1' and 'LPUSH' or 'RPUSH'
-for i = 3, #KEYS do redis.call(push, KEYS[i], ARGV[i + 1]) end
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
-return 1
-"""
+RESTORE = allow_oom(
+    "if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end\n"
+    "local push = ARGV[3] == '1' and 'LPUSH' or 'RPUSH'\n"
+    "for i = 3, #KEYS do redis.call(push, KEYS[i], ARGV[i + 1]) end\n" + UNINDEX
 )
 # KEYS: the task's meta key; ARGV: value, seconds to expire ("" = none). As RedisBackend._set.
-STATE = (
-    ALLOW_OOM
-    + """if ARGV[2] ~= '' then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-else redis.call('SET', KEYS[1], ARGV[1]) end
-redis.call('PUBLISH', KEYS[1], ARGV[1])
-return 1
-"""
+STATE = allow_oom(
+    "if ARGV[2] ~= '' then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])\n"
+    "else redis.call('SET', KEYS[1], ARGV[1]) end\n"
+    "redis.call('PUBLISH', KEYS[1], ARGV[1])"
 )
-
 # KEYS: the exchange's binding table, its permanent set; ARGV: the binding. As kombu's
 # Channel._queue_bind for a queue without x-expires (a worker declares its queues at start).
-BIND = (
-    ALLOW_OOM
-    + """redis.call('SADD', KEYS[1], ARGV[1])
-redis.call('SADD', KEYS[2], ARGV[1])
-return 1
-"""
-)
+BIND = allow_oom("redis.call('SADD', KEYS[1], ARGV[1]) redis.call('SADD', KEYS[2], ARGV[1])")
 
 # What is replaced, with the parameters this module calls it with: a kombu or Celery that
 # changed them is refused rather than patched blindly.
@@ -232,7 +212,7 @@ def patch() -> None:
         "_refresh_bindings": transport.Channel._refresh_bindings,
     }
     # kombu's own script for a queue with x-expires (celery's pidbox queues), allowed at the limit
-    refresh_binding = ALLOW_OOM + transport.REFRESH_BINDING + "return 1\n"
+    refresh_binding = allow_oom(transport.REFRESH_BINDING)
 
     def keys(qos, *more: str) -> list[str]:
         # kombu's prefixing client prefixes the first key of an EVALSHA only (as kombu's own
