@@ -178,6 +178,28 @@ SYSTEMD = [
     "--task-events",
 ]
 SUPERVISED = ["/srv/refapp/current/venv/bin/celery", "-A", "refapp", "worker", "--hostname=slow@%h"]
+# how the toolkit starts them since issue 20: through its launcher (roles/celery_app/files)
+LAUNCHED = [
+    "/srv/refapp/current/venv/bin/python",
+    "/usr/local/lib/celery-toolkit/celery_launch.py",
+    "-A",
+    "refapp",
+    "worker",
+    "--hostname=mail@%h",
+]
+LAUNCHED_WRAPPER = [
+    "/usr/bin/python3",
+    "/usr/local/lib/celery-toolkit/celery_supervise.py",
+    "--drain",
+    "slow@%h",
+    "--",
+    "python",
+    "/usr/local/lib/celery-toolkit/celery_launch.py",
+    "-A",
+    "refapp",
+    "worker",
+    "--hostname=slow@%h",
+]
 WRAPPER = [
     "/usr/bin/python3",
     "/usr/local/lib/celery-toolkit/celery_supervise.py",
@@ -200,6 +222,8 @@ WRAPPER = [
         (["celery", "-A", "app", "worker", "-n", "w1@%n"], "w1@%n"),
         (["celery", "-A", "app", "worker"], "celery@%h"),
         (WRAPPER, None),  # alive while the worker it wraps may be the one that died
+        (LAUNCHED, "mail@%h"),
+        (LAUNCHED_WRAPPER, None),
         (["/srv/refapp/current/venv/bin/celery", "-A", "refapp", "flower"], None),
         (["python3", "celery_recover.py", "--alive=fast@vm1"], None),
         (["python3", "celery_drain.py", "fast@vm1", "120", "42"], None),
@@ -210,7 +234,8 @@ def test_worker_processes_are_known_by_their_command_line(argv, node):
 
 
 def test_local_nodes_reads_proc_and_expands_the_host_as_celery_does(tmp_path):
-    for pid, argv in {"10": SYSTEMD, "11": SUPERVISED, "12": SUPERVISED, "13": WRAPPER}.items():
+    processes = {"10": SYSTEMD, "11": SUPERVISED, "12": SUPERVISED, "13": WRAPPER, "15": LAUNCHED}
+    for pid, argv in processes.items():
         (tmp_path / pid).mkdir()
         (tmp_path / pid / "cmdline").write_bytes("\0".join(argv).encode() + b"\0")
     (tmp_path / "self").mkdir()
@@ -218,6 +243,7 @@ def test_local_nodes_reads_proc_and_expands_the_host_as_celery_does(tmp_path):
     assert celery_recover.local_nodes(str(tmp_path), "vm1.example.org") == {
         f"fast@{HOST}",
         "slow@vm1.example.org",
+        "mail@vm1.example.org",
     }
 
 

@@ -16,7 +16,8 @@ variant and run:
     maxmemory and refuses publishes (and every other write) from then on, while the fast group
     keeps popping `high`. Every publish is counted: attempted, refused (an error from Redis),
     accepted (its task id kept);
-  - the operator's fix: the limit lifted (CONFIG SET maxmemory 0), the fast group restarted if it
+  - the operator's fix: the limit lifted (CONFIG SET maxmemory 0; kept with --no-lift: does the
+    fleet come back below the limit by consuming alone?), the fast group restarted if it
     does not answer a ping, the slow group started; once `high` and `low` are empty, what a dead
     worker left in `unacked` is given back (recover.yml's helper); once `unacked` is empty too
     the limit is put back;
@@ -280,8 +281,10 @@ def one_run(fleet: Fleet, variant: str, args: argparse.Namespace, limit: int) ->
     alert = {}
     if args.prometheus:
         alert = alert_times(args.prometheus, args.alert, started - 30, flood_end)
-    # the operator's fix (the alert's runbook): more room, a worker that answers, the consumer back
-    fleet.redis("CONFIG", "SET", "maxmemory", "0")
+    # the operator's fix (the alert's runbook): more room, a worker that answers, the consumer back;
+    # with --no-lift the limit stays: the consumers alone must bring Redis back below it
+    if not args.no_lift:
+        fleet.redis("CONFIG", "SET", "maxmemory", "0")
     answered_after = fleet.as_app(PING, node).strip() == "True"
     if not answered_after:
         fleet.unit("restart", "fast")
@@ -312,6 +315,7 @@ def one_run(fleet: Fleet, variant: str, args: argparse.Namespace, limit: int) ->
     first_refusal = produced["first_refusal"]
     result = {
         "variant": variant,
+        "lifted": not args.no_lift,
         "attempted": produced["attempted"],
         "refused": produced["refused"],
         "accepted": len(accepted),
@@ -372,6 +376,9 @@ def main() -> int:
     )
     parser.add_argument("--alert", default="RedisMemoryHigh")
     parser.add_argument("--no-deploy", action="store_true", help="the fleet already has the limit")
+    parser.add_argument(
+        "--no-lift", action="store_true", help="keep the limit after the flood: consumers only"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     fleet = Fleet(args.inventory, args.host, args.broker)
@@ -397,7 +404,8 @@ def main() -> int:
         f"\nRedis maxmemory {args.maxmemory} (noeviction); {args.pad} B probe tasks to 'low'"
         " (no consumer)"
         f" filling it in {args.fill_seconds:g} s, {args.high_rate:g}/s to 'high' (the fast group),"
-        f" {args.hold_seconds:g} s more at the limit"
+        f" {args.hold_seconds:g} s more at the limit;"
+        f" {'the limit kept' if args.no_lift else 'then the limit lifted'}"
     )
     head = (
         "variant",

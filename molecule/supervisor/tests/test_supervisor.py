@@ -65,7 +65,7 @@ def test_programs_stop_warmly_with_the_groups_stop_timeout(host):
     assert "stopwaitsecs=3840" in slow  # the drain and the warm shutdown, 1920 s each
     # the worker runs as the app, not as supervisord's root
     users = host.check_output(
-        "ps -eo user:20,args | grep '[c]elery -A refapp worker' | awk '{print $1}'"
+        "ps -eo user:20,args | grep '[c]elery_launch.py -A refapp worker' | awk '{print $1}'"
     )
     assert set(users.split()) == {"refapp"}
     # with the app user's HOME, as systemd's User= gives it, not supervisord's (root's)

@@ -172,11 +172,12 @@ def local_nodes(proc: str = "/proc", hostname: str | None = None) -> set[str]:
 
 
 def worker_node(argv: list[str]) -> str | None:
-    """The node name a `celery ... worker` command line gives, None for any other command
-    (a wrapper such as celery_supervise.py, whose worker may be the one that died)."""
+    """The node name a `celery ... worker` command line gives (or the toolkit's launcher's,
+    celery_launch.py, which workers start through), None for any other command (a wrapper such
+    as celery_supervise.py, whose worker may be the one that died)."""
     programs = [os.path.basename(a) for a in argv if a]
     program = next((p for p in programs if not p.startswith("python")), "")
-    if program != "celery" or "worker" not in argv:
+    if program not in ("celery", "celery_launch.py") or "worker" not in argv:
         return None
     for i, arg in enumerate(argv):
         if arg.startswith("--hostname="):

@@ -1,0 +1,389 @@
+"""Start a Celery worker whose Redis bookkeeping a full broker cannot refuse (issue 20):
+
+    <release>/venv/bin/python celery_launch.py -A APP worker ...   (what `celery` takes)
+    <release>/venv/bin/python celery_launch.py --check              (the deploy's check)
+
+At `maxmemory` (noeviction) Redis refuses every write that may grow its memory, but a worker's
+BRPOP still pops: kombu then records the popped message in `unacked` with `MULTI ZADD HSET`,
+which is refused, and the message is in no list any more (lost; docs/benchmarks.md). Its acks
+(`MULTI ZREM HDEL`) are refused too, so nothing frees memory until an operator does. This module
+replaces those writes of kombu's Redis transport, and the Redis result backend's task-state
+writes, by one script each whose shebang says `allow-oom` (Redis >= 7.0: scriptVerifyOOM in
+script.c lets such a script write above the limit), then runs Celery's own main. So a popped
+message is always recorded, every ack frees memory, a task's STARTED state (task_track_started)
+is never refused, and the fleet unwedges by itself as its workers consume. Publishes are still
+refused at the limit: producers see the error at once, nothing they were told was sent is lost.
+
+Nothing changes in the app: the patch is made in the worker's process before Celery imports
+the app (prefork's pool children are forked from it). The scripts are sent with EVALSHA (and
+SCRIPT LOAD once), which the app's ACL user has for kombu's own scripts.
+
+--check exits 1 with a message when the release's kombu or Celery lacks what is replaced here
+(the deploy then keeps the running release); a worker started with such a release refuses to
+start with the same message. A broker older than Redis 7.0 rejects the scripts: the worker
+then warns once and writes as kombu does (no protection at maxmemory).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import sys
+from time import time
+
+
+def allow_oom(body: str) -> str:
+    """A script Redis >= 7.0 runs above maxmemory (its shebang's flag); it answers 1 when done."""
+    return f"#!lua flags=allow-oom\n{body}\nreturn 1\n"
+
+
+UNINDEX = "redis.call('ZREM', KEYS[1], ARGV[1]) redis.call('HDEL', KEYS[2], ARGV[1])"
+# KEYS: unacked_index, unacked; ARGV: score, delivery tag, [message, exchange, routing key]
+APPEND = allow_oom(
+    "redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2]) redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])"
+)
+# KEYS: unacked_index, unacked; ARGV: delivery tag
+REMOVE = allow_oom(UNINDEX)
+# KEYS: unacked_index, unacked, the queues; ARGV: delivery tag, the unacked entry as read,
+# "1" to push leftmost, a payload per queue. Only if the entry is still the one read (what
+# kombu's WATCH guarantees): pushed back, then removed from the indices.
+RESTORE = allow_oom(
+    "if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end\n"
+    "local push = ARGV[3] == '1' and 'LPUSH' or 'RPUSH'\n"
+    "for i = 3, #KEYS do redis.call(push, KEYS[i], ARGV[i + 1]) end\n" + UNINDEX
+)
+# KEYS: the task's meta key; ARGV: value, seconds to expire ("" = none). As RedisBackend._set.
+STATE = allow_oom(
+    "if ARGV[2] ~= '' then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])\n"
+    "else redis.call('SET', KEYS[1], ARGV[1]) end\n"
+    "redis.call('PUBLISH', KEYS[1], ARGV[1])"
+)
+# KEYS: the exchange's binding table, its permanent set; ARGV: the binding. As kombu's
+# Channel._queue_bind for a queue without x-expires (a worker declares its queues at start).
+BIND = allow_oom("redis.call('SADD', KEYS[1], ARGV[1]) redis.call('SADD', KEYS[2], ARGV[1])")
+
+# What is replaced, with the parameters this module calls it with: a kombu or Celery that
+# changed them is refused rather than patched blindly.
+REPLACED = {
+    "kombu.transport.redis:QoS.append": ["self", "message", "delivery_tag"],
+    "kombu.transport.redis:QoS.ack": ["self", "delivery_tag"],
+    "kombu.transport.redis:QoS.reject": ["self", "delivery_tag", "requeue"],
+    "kombu.transport.redis:QoS.restore_by_tag": ["self", "tag", "client", "leftmost"],
+    "kombu.transport.redis:QoS.restore_visible": ["self", "start", "num", "interval"],
+    "kombu.transport.redis:Channel._do_restore_message": [
+        "self",
+        "payload",
+        "exchange",
+        "routing_key",
+        "pipe",
+        "leftmost",
+    ],
+    "kombu.transport.redis:Channel._size": ["self", "queue"],
+    "kombu.transport.redis:Channel._has_queue": ["self", "queue", "kwargs"],
+    "kombu.transport.redis:Channel._delete": [
+        "self",
+        "queue",
+        "exchange",
+        "routing_key",
+        "pattern",
+        "args",
+        "kwargs",
+    ],
+    "kombu.transport.redis:Channel._refresh_bindings": ["self", "queues"],
+    "kombu.transport.redis:Channel._queue_bind": [
+        "self",
+        "exchange",
+        "routing_key",
+        "pattern",
+        "queue",
+    ],
+    "celery.backends.redis:RedisBackend._set": ["self", "key", "value", "expires"],
+}
+USED = {  # read, not replaced
+    "kombu.transport.redis:Channel": [
+        "unacked_key",
+        "unacked_index_key",
+        "global_keyprefix",
+        "priority_steps",
+        "_q_for_pri",
+        "keyprefix_queue",
+        "keyprefix_binding_permanent",
+        "sep",
+        "_binding_ttl",
+        "_script_binding_deadlines",
+        "typeof",
+    ],
+    "kombu.transport.redis:REFRESH_BINDING": [],
+    "kombu.transport.redis:Channel.conn_or_acquire": [],
+    "kombu.transport.virtual:QoS.append": [],
+    "kombu.transport.virtual:QoS.ack": [],
+}
+
+log = logging.getLogger("celery_launch")
+_unsupported: list[str] = []  # the broker's refusal of the scripts, once seen
+_sha: dict[str, str] = {}
+
+
+def _resolve(name: str) -> object:
+    import importlib
+
+    module, _, path = name.partition(":")
+    obj: object = importlib.import_module(module)
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def problems() -> list[str]:
+    """What the installed kombu and Celery lack of what this module replaces or reads."""
+    out = []
+    for name, params in {**REPLACED, **USED}.items():
+        try:
+            obj = _resolve(name)
+        except (ImportError, AttributeError) as exc:
+            out.append(f"{name}: missing ({exc})")
+            continue
+        if name.endswith(":Channel"):
+            out += [f"{name}.{attr}: missing" for attr in params if not hasattr(obj, attr)]
+        elif params and list(inspect.signature(obj).parameters) != params:
+            out.append(f"{name}{inspect.signature(obj)}: expected ({', '.join(params)})")
+    return out
+
+
+def refusal(found: list[str]) -> str:
+    import importlib.metadata as md
+
+    versions = ", ".join(f"{p} {md.version(p)}" for p in ("kombu", "celery"))
+    return (
+        f"celery_launch: this release's {versions} lacks what the toolkit replaces so that a full "
+        f"Redis (maxmemory) loses no message (issue 20): {'; '.join(found)}. Pin the kombu and "
+        "celery the toolkit was tested with (kombu 5.7.0, celery 5.7.0) in celery_app_constraints, "
+        "or update roles/celery_app/files/celery_launch.py for this kombu."
+    )
+
+
+def run_script(client, text: str, keys: list, args: list):
+    """EVALSHA of TEXT (SCRIPT LOAD when Redis does not have it yet). None if the broker
+    refuses the script itself (Redis < 7.0 has no shebang): the caller then does kombu's own."""
+    from redis.exceptions import NoScriptError, ResponseError
+
+    if _unsupported:
+        return None
+    sha = _sha.get(text)
+    for _ in range(2):
+        if sha is None:
+            try:
+                sha = _sha[text] = client.script_load(text)
+            except ResponseError as exc:
+                _unsupported.append(str(exc))
+                log.warning(
+                    "celery_launch: the broker refuses allow-oom scripts (%s): kombu's own "
+                    "bookkeeping from now on, which a full Redis (maxmemory) refuses (issue 20; "
+                    "Redis >= 7.0 needed)",
+                    exc,
+                )
+                return None
+        try:
+            return client.evalsha(sha, len(keys), *keys, *args)
+        except NoScriptError:  # the broker restarted or its scripts were flushed
+            sha = _sha[text] = None
+    raise RuntimeError("celery_launch: Redis lost the script twice in a row")
+
+
+def patch() -> None:
+    """Replace kombu's QoS bookkeeping and the result backend's state write (see the docstring)."""
+    from celery.backends import redis as backend
+    from kombu.transport import redis as transport
+    from kombu.transport import virtual
+    from kombu.utils.encoding import bytes_to_str
+    from kombu.utils.json import dumps, loads
+    from redis.exceptions import OutOfMemoryError
+
+    QoS, RedisBackend = transport.QoS, backend.RedisBackend
+    original = {
+        "append": QoS.append,
+        "ack": QoS.ack,
+        "reject": QoS.reject,
+        "restore_by_tag": QoS.restore_by_tag,
+        "restore_visible": QoS.restore_visible,
+        "_set": RedisBackend._set,
+        "_queue_bind": transport.Channel._queue_bind,
+        "_refresh_bindings": transport.Channel._refresh_bindings,
+    }
+    # kombu's own script for a queue with x-expires (celery's pidbox queues), allowed at the limit
+    refresh_binding = allow_oom(transport.REFRESH_BINDING)
+
+    def keys(qos, *more: str) -> list[str]:
+        # kombu's prefixing client prefixes the first key of an EVALSHA only (as kombu's own
+        # binding scripts assume): the others carry the global prefix here
+        prefix = qos.channel.global_keyprefix or ""
+        return [qos.unacked_index_key, prefix + qos.unacked_key, *(prefix + k for k in more)]
+
+    def append(self, message, delivery_tag):
+        delivery = message.delivery_info
+        entry = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
+        with self.channel.conn_or_acquire() as client:
+            done = run_script(client, APPEND, keys(self), [time(), delivery_tag, entry])
+        if done is None:
+            return original["append"](self, message, delivery_tag)
+        virtual.QoS.append(self, message, delivery_tag)
+
+    def remove(self, delivery_tag) -> bool:
+        with self.channel.conn_or_acquire() as client:
+            return run_script(client, REMOVE, keys(self), [delivery_tag]) is not None
+
+    def ack(self, delivery_tag):
+        if not remove(self, delivery_tag):
+            return original["ack"](self, delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)
+
+    def reject(self, delivery_tag, requeue=False):
+        if _unsupported:
+            return original["reject"](self, delivery_tag, requeue)
+        if requeue:
+            self.restore_by_tag(delivery_tag, leftmost=True)
+        elif not remove(self, delivery_tag):
+            return original["reject"](self, delivery_tag, requeue)
+        virtual.QoS.ack(self, delivery_tag)
+
+    class Pushes:
+        """Stands for the pipeline kombu's _do_restore_message pushes into: kombu still
+        chooses the queues (bindings, priorities) and marks the message redelivered."""
+
+        def __init__(self) -> None:
+            self.queues: list[str] = []
+            self.payloads: list[str] = []
+
+        def lpush(self, queue, payload):
+            self.queues.append(queue)
+            self.payloads.append(payload)
+
+        rpush = lpush
+
+    def restore_by_tag(self, tag, client=None, leftmost=False):
+        if _unsupported:
+            return original["restore_by_tag"](self, tag, client, leftmost)
+        with self.channel.conn_or_acquire(client) as conn:
+            raw = conn.hget(self.unacked_key, tag)  # a read: never refused
+            if raw is None:
+                done = run_script(conn, REMOVE, keys(self), [tag])
+            else:
+                pushes = Pushes()
+                M, EX, RK = loads(bytes_to_str(raw))
+                self.channel._do_restore_message(M, EX, RK, pushes, leftmost)
+                done = run_script(
+                    conn,
+                    RESTORE,
+                    keys(self, *pushes.queues),
+                    [tag, raw, "1" if leftmost else "0", *pushes.payloads],
+                )
+        if done is None:
+            return original["restore_by_tag"](self, tag, client, leftmost)
+
+    def restore_visible(self, start=0, num=10, interval=10):
+        try:
+            return original["restore_visible"](self, start, num, interval)
+        except OutOfMemoryError:  # its mutex (SET NX) at the limit: the next round sweeps
+            log.debug("celery_launch: restore_visible skipped at maxmemory")
+
+    def _set(self, key, value, expires=None):
+        if expires is None:
+            expires = self.expires
+        if hasattr(expires, "total_seconds"):
+            expires = int(expires.total_seconds())
+        done = run_script(self.client, STATE, [key], [value, str(expires) if expires else ""])
+        if done is None:
+            return original["_set"](self, key, value, expires)
+
+    # kombu sends these in a MULTI, which a full Redis refuses whole (reads and deletes too:
+    # processCommand), and a worker that starts at the limit dies (its queues' lengths; the
+    # reply queue mingle deletes): the same commands in a pipeline without MULTI are answered
+    def each_priority(self, queue, command: str) -> list:
+        with self.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
+            for pri in self.priority_steps:
+                getattr(pipe, command)(self._q_for_pri(queue, pri))
+            return pipe.execute()
+
+    def _size(self, queue):
+        return sum(n for n in each_priority(self, queue, "llen") if isinstance(n, int))
+
+    def _has_queue(self, queue, **kwargs):
+        return any(each_priority(self, queue, "exists"))
+
+    def _delete(self, queue, exchange, routing_key, pattern, *args, **kwargs):
+        self.auto_delete_queues.discard(queue)
+        member = self.sep.join([routing_key or "", pattern or "", queue or ""])
+        with self.conn_or_acquire(client=kwargs.get("client")) as client:
+            client.srem(self.keyprefix_queue % (exchange,), member)
+            client.srem(self.keyprefix_binding_permanent % (exchange,), member)
+        each_priority(self, queue, "delete")
+
+    def _refresh_bindings(self, queues):
+        # kombu's binding script for each binding in a MULTI: one allow-oom script each
+        with self.conn_or_acquire() as client:
+            for queue in queues:
+                for exchange, routing_key, args in self.state.queue_bindings(queue):
+                    _, pattern, _ = self.typeof(exchange).prepare_bind(
+                        queue, exchange, routing_key, args
+                    )
+                    member = self.sep.join([routing_key or "", pattern or "", queue])
+                    keys = [self.keyprefix_queue % (exchange,), self._script_binding_deadlines]
+                    argv = [member, exchange, self._binding_ttl(queue)]
+                    if run_script(client, refresh_binding, keys, argv) is None:
+                        return original["_refresh_bindings"](self, queues)
+
+    def _queue_bind(self, exchange, routing_key, pattern, queue):
+        if not isinstance(getattr(self, "_expires", None), dict):  # set in kombu 5.7's __init__
+            return original["_queue_bind"](self, exchange, routing_key, pattern, queue)
+        key = self.keyprefix_queue % (exchange,)
+        member = self.sep.join([routing_key or "", pattern or "", queue or ""])
+        with self.conn_or_acquire() as client:
+            if queue in self._expires:
+                done = run_script(
+                    client,
+                    refresh_binding,
+                    [key, self._script_binding_deadlines],
+                    [member, exchange, self._binding_ttl(queue)],
+                )
+            else:
+                permanent = self.keyprefix_binding_permanent % (exchange,)
+                prefix = self.global_keyprefix or ""
+                done = run_script(client, BIND, [key, prefix + permanent], [member])
+        if done is None:
+            return original["_queue_bind"](self, exchange, routing_key, pattern, queue)
+        if self.typeof(exchange).type == "fanout":  # as kombu marks it
+            self._fanout_queues[queue] = (exchange, routing_key.replace("#", "*"))
+
+    QoS.append, QoS.ack, QoS.reject = append, ack, reject
+    transport.Channel._queue_bind = _queue_bind
+    transport.Channel._has_queue, transport.Channel._delete = _has_queue, _delete
+    transport.Channel._refresh_bindings = _refresh_bindings
+    transport.Channel._size = _size
+    QoS.restore_by_tag, QoS.restore_visible = restore_by_tag, restore_visible
+    RedisBackend._set = _set
+
+
+def main() -> int:
+    found = problems()
+    if sys.argv[1:] == ["--check"]:
+        print(
+            refusal(found) if found else "celery_launch: kombu and celery can be patched",
+            file=sys.stderr if found else sys.stdout,
+        )
+        return 1 if found else 0
+    if found:
+        print(refusal(found), file=sys.stderr)
+        return 78  # EX_CONFIG: systemd and supervisord show it; a deploy's check said it first
+    patch()
+    # as the `celery` console script: its name in usage lines, its folder first on sys.path
+    sys.argv[0] = os.path.join(os.path.dirname(sys.executable), "celery")
+    sys.path[0] = os.path.dirname(sys.executable)
+    from celery.__main__ import main as celery_main
+
+    celery_main()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""The worker launcher (roles/celery_app/files/celery_launch.py) against a real redis-server over
+its maxmemory (noeviction): a message a worker pops is recorded in `unacked`, acknowledged,
+rejected and given back, and a task's state is stored; the same steps without the launcher's
+patch lose the popped message and are refused (the control: what the patch designs out)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+FILES = Path(__file__).resolve().parent.parent / "roles/celery_app/files"
+LAUNCH = FILES / "celery_launch.py"
+
+# Run in a child Python: the patch changes kombu's classes for the whole process.
+DRIVER = r"""
+import json, sys
+import redis
+from kombu import Connection, Exchange, Queue
+port, patched = int(sys.argv[1]), sys.argv[2] == "1"
+if patched:
+    import celery_launch
+    celery_launch.patch()
+url = f"redis://127.0.0.1:{port}/0"
+admin = redis.Redis(port=port)
+out = {"refused": []}
+queue = Queue("q", Exchange("q"), "q")
+with Connection(url) as conn:
+    with conn.Producer() as producer:
+        for i in range(40):
+            producer.publish({"n": i, "pad": "x" * 2000}, exchange=queue.exchange,
+                             routing_key="q", declare=[queue])
+    seen = []
+    def on_message(body, message):
+        seen.append((body["n"], message))
+    consumer = conn.Consumer(queue, callbacks=[on_message], accept=["json"])
+    consumer.qos(prefetch_count=1)
+    # over the limit, whatever a pop frees: a filler key, then a limit below what is used
+    admin.set("filler", b"f" * 300_000)
+    used = int(admin.info("memory")["used_memory"])
+    admin.config_set("maxmemory", used - 100_000)
+    out["queued"] = admin.llen("q")
+    try:
+        with conn.Producer() as producer:
+            producer.publish({"n": -1}, exchange=queue.exchange, routing_key="q")
+    except Exception as exc:
+        out["refused"].append(f"publish: {type(exc).__name__}")
+    with consumer:
+        for step in ("ack", "reject", "requeue", "restore"):
+            before = len(seen)
+            try:
+                while len(seen) == before:
+                    conn.drain_events(timeout=2)
+            except Exception as exc:
+                out["refused"].append(f"{step} pop: {type(exc).__name__}")
+                out["after_refused_pop"] = {
+                    "unacked": admin.hlen("unacked"), "queued": admin.llen("q")}
+                break
+            out[f"{step}_unacked"] = admin.hlen("unacked")
+            n, message = seen[-1]
+            try:
+                if step == "ack":
+                    message.ack()
+                elif step == "reject":
+                    message.reject()
+                elif step == "requeue":
+                    message.reject(requeue=True)
+                else:
+                    consumer.channel.qos.restore_unacked()
+            except Exception as exc:
+                out["refused"].append(f"{step}: {type(exc).__name__}")
+            out[f"{step}_after"] = {"unacked": admin.hlen("unacked"), "queued": admin.llen("q")}
+    # a worker that starts at the limit declares its queues (their lengths in a MULTI, their
+    # bindings) and its pidbox queue (x-expires: kombu's binding script)
+    with Connection(url) as fresh:
+        for declared in (queue, Queue("p", Exchange("p", "fanout"), expires=10)):
+            try:
+                fresh.Consumer(declared, accept=["json"]).close()
+            except Exception as exc:
+                out["refused"].append(f"declare {declared.name}: {type(exc).__name__}")
+        try:  # mingle, at a worker's start, deletes the reply queue of its hello (a MULTI)
+            fresh.default_channel._delete("r", "r", "r", None)  # what queue_delete calls
+        except Exception as exc:
+            out["refused"].append(f"delete r: {type(exc).__name__}")
+    out["bindings"] = sorted(k.decode() for k in admin.keys("_kombu.binding.*"))
+    out["redelivered"] = sum(1 for m in admin.lrange("q", 0, -1) if b'"redelivered": true' in m)
+    out["over_limit"] = int(admin.info("memory")["used_memory"]) > int(
+        admin.config_get("maxmemory")["maxmemory"])
+from celery import Celery
+app = Celery(backend=f"redis://127.0.0.1:{port}/1", broker=url)
+try:
+    app.backend.store_result("t-1", None, "STARTED")
+    out["state"] = app.backend.get_task_meta("t-1")["status"]
+except Exception as exc:
+    out["refused"].append(f"state: {type(exc).__name__}")
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture
+def redis_port(tmp_path):
+    """A redis-server of this machine's (Debian's 7.0 on CI), started here, stopped by pid."""
+    server = shutil.which("redis-server")
+    if not server:
+        pytest.fail("redis-server is missing: apt-get install redis-server; .ci/run does")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            server,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+            "--maxmemory-policy",
+            "noeviction",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def drive(port: int, patched: bool) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(FILES)}
+    proc = subprocess.run(
+        [sys.executable, "-c", DRIVER, str(port), "1" if patched else "0"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def test_a_full_redis_refuses_publishes_and_records_every_pop(redis_port):
+    out = drive(redis_port, patched=True)
+    # producers are still refused at the limit: they know at once
+    assert out["refused"] == ["publish: OutOfMemoryError"], out
+    assert out["queued"] == 40
+    # popped over the limit, and recorded in unacked (kombu's MULTI ZADD HSET is refused there)
+    assert out["ack_unacked"] == 1
+    # the ack frees memory; a reject drops; a requeue and a restore push back, marked redelivered
+    assert out["ack_after"] == {"unacked": 0, "queued": 39}
+    assert out["reject_after"] == {"unacked": 0, "queued": 38}
+    assert out["requeue_after"] == {"unacked": 0, "queued": 38}
+    assert out["restore_after"] == {"unacked": 0, "queued": 38}
+    assert out["redelivered"] == 2
+    assert "_kombu.binding.p" in out["bindings"], out  # the pidbox-like queue bound at the limit
+    assert out["over_limit"]  # all of it done above maxmemory
+    # a task's STARTED state is stored (task_track_started: refused, the task is not run)
+    assert out["state"] == "STARTED"
+
+
+def test_without_the_patch_the_popped_message_is_lost(redis_port):
+    out = drive(redis_port, patched=False)
+    assert out["refused"][0] == "publish: OutOfMemoryError", out
+    # the pop took the message off the list; its bookkeeping was refused: in no list, no hash
+    assert "ack pop: OutOfMemoryError" in out["refused"], out
+    assert out["after_refused_pop"] == {"unacked": 0, "queued": 39}
+    assert "declare q: OutOfMemoryError" in out["refused"], out
+    assert "declare p: OutOfMemoryError" in out["refused"], out
+    assert "delete r: OutOfMemoryError" in out["refused"], out
+    assert "state: OutOfMemoryError" in out["refused"], out
+
+
+def test_check_passes_for_the_tested_kombu_and_celery():
+    proc = subprocess.run(
+        [sys.executable, str(LAUNCH), "--check"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "can be patched" in proc.stdout
+
+
+def test_a_kombu_without_what_is_patched_is_refused_with_the_fix(tmp_path):
+    # a kombu whose QoS.append took other parameters: the check names it and the fix
+    shadow = tmp_path / "sitecustomize.py"
+    shadow.write_text(
+        "import kombu.transport.redis as r\n"
+        "def append(self, message, delivery_tag, pipe=None):\n    pass\n"
+        "r.QoS.append = append\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    for argv in (["--check"], ["-A", "x", "worker"]):
+        proc = subprocess.run(
+            [sys.executable, str(LAUNCH), *argv],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert proc.returncode == (1 if argv == ["--check"] else 78), proc.stderr
+        text = proc.stdout + proc.stderr
+        assert "kombu.transport.redis:QoS.append(self, message, delivery_tag, pipe=None)" in text
+        assert "celery_app_constraints" in text
