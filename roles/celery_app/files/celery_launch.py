@@ -158,7 +158,8 @@ def refusal(found: list[str]) -> str:
     return (
         f"celery_launch: this release's {versions} lacks what the toolkit replaces so that a full "
         f"Redis (maxmemory) loses no message (issue 20): {'; '.join(found)}. Pin the kombu and "
-        "celery the toolkit was tested with (kombu 5.7.0, celery 5.7.0) in celery_app_constraints, "
+        "celery the toolkit was tested with (kombu 5.7.0, celery 5.7.0) in the constraints file "
+        "celery_app_constraints names, "
         "or update roles/celery_app/files/celery_launch.py for this kombu."
     )
 
