@@ -4,6 +4,7 @@ A submission or a CI checkout of main carries the commits but not the tags (a CI
 `tag v0.19.0 is missing from this clone`): converge.yml names the release's commit, which must be
 an ancestor of this tree and, where the tag is present, the commit it names.
 """
+
 import subprocess
 from pathlib import Path
 
@@ -25,7 +26,8 @@ def test_the_previous_release_is_an_ancestor_of_this_tree():
     tag, commit = _release()
     assert len(commit) == 40, commit
     assert _git("merge-base", "--is-ancestor", commit, "HEAD").returncode == 0, (
-        f"{commit} ({tag}) is not in this clone's history")
+        f"{commit} ({tag}) is not in this clone's history"
+    )
 
 
 def test_the_commit_is_the_one_the_tag_names_where_the_tag_is_here():
