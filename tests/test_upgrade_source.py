@@ -8,6 +8,7 @@ an ancestor of this tree and, where the tag is present, the commit it names.
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,9 +35,7 @@ def test_the_commit_is_the_one_the_tag_names_where_the_tag_is_here():
     tag, commit = _release()
     named = _git("rev-parse", "--verify", "--quiet", f"{tag}^{{commit}}")
     if named.returncode != 0:
-        # no tag in this clone (CI's): the commit alone is what converge.yml uses
-        assert _git("cat-file", "-e", f"{commit}^{{commit}}").returncode == 0
-        return
+        pytest.skip(f"no tag {tag} in this clone (CI's checkout has none); the commit: above")
     assert named.stdout.strip() == commit
 
 
