@@ -4,7 +4,9 @@ a host starts.
 
 Each case is a small inventory written to a temporary folder. Its hosts are containers that
 do not exist, so a task that reached a host would end "unreachable": the recap must show none,
-and no play after the validation may start.
+and no play after the validation may start. Cases that set no variable in common share one
+inventory and one run (GROUP_SIZE), where the refusal must hold each one's message as its own;
+a case whose message the shared run does not show that way runs alone.
 """
 
 from __future__ import annotations
@@ -1097,10 +1099,37 @@ def test_secrets_of_every_printable_character_pass_validation_on_three_hosts(tmp
     assert "No such container: celery-toolkit-bad-input-does-not-exist" in proc.stdout
 
 
-def assert_refused_before_any_host(proc: subprocess.CompletedProcess, message: str) -> str:
+def refusal_items(stdout: str) -> list[list[str]]:
+    """The refusal's messages (its `msg` list) as printed: each item's lines, item by item."""
+    try:
+        lines = refusal(stdout)
+    except StopIteration:  # no error line or no recap: no refusal to read
+        return []
+    start = next((i for i, line in enumerate(lines) if line.strip() == "msg:"), len(lines))
+    items: list[list[str]] = []
+    for line in lines[start + 1 :]:
+        if line.startswith("    - "):
+            items.append([line])
+        elif items and line.startswith("      "):
+            items[-1].append(line)
+        else:
+            break
+    return items
+
+
+def fold(text: str) -> str:
+    """Whitespace folded and, as the YAML callback writes it, a doubled quote made single."""
+    return re.sub(r"\s+", " ", text).replace("''", "'")
+
+
+def assert_refused_before_any_host(
+    proc: subprocess.CompletedProcess, message: str, grouped: bool = False
+) -> str:
     """The refusal holds `message`, once, no play after the validation started, nothing was
     reached or changed, and it is a few readable lines on this three-host inventory. Returns the
-    output, whitespace folded."""
+    output, whitespace folded. `grouped`: the run's inventory holds other cases' defects too, so
+    the refusal lists their messages as well: the line budget then holds for the refusal's frame
+    and this message's item, as it would alone."""
     out = re.sub(r"\s+", " ", proc.stdout + proc.stderr)
     assert proc.returncode != 0
     # as the YAML callback writes it: a quote inside a quoted string is doubled
@@ -1112,19 +1141,116 @@ def assert_refused_before_any_host(proc: subprocess.CompletedProcess, message: s
     # no crash of the validation itself (a result read without the field it lacks)
     assert "has no attribute" not in out
     # said once for the whole inventory, by one host
-    said = re.sub(r"\s+", " ", proc.stdout.split("fatal:", 1)[1]).replace("''", "'")
+    said = fold(proc.stdout.split("fatal:", 1)[1])
     assert said.count(re.sub(r"\s+", " ", message)) == 1, said
     assert "failed=1 " in proc.stdout and not re.search(r"failed=[2-9]", proc.stdout)
     # a few readable lines: no argument-spec dump, no traceback, no script source
-    assert len(refusal(proc.stdout)) <= 20, "\n".join(refusal(proc.stdout))
+    lines = refusal(proc.stdout)
+    if grouped:
+        # what a solo run's refusal would be: the frame (the error line, the task's origin, the
+        # failed result's keys) and this message's item, within the same 20 lines
+        items = refusal_items(proc.stdout)
+        frame = len(lines) - sum(len(item) for item in items)
+        own = [item for item in items if re.sub(r"\s+", " ", message) in fold(" ".join(item))]
+        assert len(own) == 1 and frame + len(own[0]) <= 20, "\n".join(lines)
+    else:
+        assert len(lines) <= 20, "\n".join(lines)
     return out
 
 
+# The matrix in fewer runs (each is an ansible-playbook of ~5 CPU-seconds, the bulk of pytest's
+# time): cases that set none of the same variables share one inventory, up to GROUP_SIZE of them,
+# and validation reports all their defects in one refusal. A case counts on its group's run only
+# where that run's refusal has one message that is its own and no other case's; otherwise (a
+# defect that stops the validation before another is looked at, or one message changed by another
+# case's input) the case runs alone, on its own inventory, as every case did before.
+GROUP_SIZE = 8
+
+
+def case_variables(case: tuple) -> set[str]:
+    _, overrides, host_vars, _ = case
+    return set(overrides) | {name for variables in host_vars.values() for name in variables}
+
+
+def case_groups(cases: list[tuple]) -> list[list[tuple]]:
+    groups: list[list[tuple]] = []
+    for case in cases:
+        for group in groups:
+            taken = set().union(*map(case_variables, group))
+            if len(group) < GROUP_SIZE and not taken & case_variables(case):
+                group.append(case)
+                break
+        else:
+            groups.append([case])
+    return groups
+
+
+GROUPS = case_groups(CASES)
+GROUP_OF = {case[0]: number for number, group in enumerate(GROUPS) for case in group}
+
+
+def merged(group: list[tuple]) -> tuple[dict, dict]:
+    overrides: dict = {}
+    host_vars: dict = {}
+    for _, case_overrides, case_host_vars, _ in group:
+        overrides.update(case_overrides)
+        for host, variables in case_host_vars.items():
+            host_vars.setdefault(host, {}).update(variables)
+    return overrides, host_vars
+
+
+@pytest.fixture(scope="session")
+def group_run(tmp_path_factory):
+    """Group number -> its run (once per pytest process: xdist keeps a group on one worker)."""
+    runs: dict[int, subprocess.CompletedProcess] = {}
+
+    def run(number: int) -> subprocess.CompletedProcess:
+        if number not in runs:
+            folder = tmp_path_factory.mktemp(f"bad-input-group-{number}")
+            runs[number] = deploy(write_inventory(folder, *merged(GROUPS[number])))
+        return runs[number]
+
+    return run
+
+
+def own_message_in(proc: subprocess.CompletedProcess, case: tuple, group: list[tuple]) -> bool:
+    """The group's refusal has exactly one message holding this case's, and that message holds
+    no other case's of the group."""
+    mine = re.sub(r"\s+", " ", case[3])
+    others = [re.sub(r"\s+", " ", c[3]) for c in group if c[0] != case[0]]
+    items = (
+        [fold(" ".join(item)) for item in refusal_items(proc.stdout)]
+        if "msg:" in proc.stdout
+        else []
+    )
+    holding = [item for item in items if mine in item]
+    return len(holding) == 1 and not any(other in holding[0] for other in others)
+
+
 @pytest.mark.parametrize(
-    ("overrides", "host_vars", "message"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+    ("case_id", "overrides", "host_vars", "message"),
+    [pytest.param(*c, marks=pytest.mark.xdist_group(f"bad-input-{GROUP_OF[c[0]]}")) for c in CASES],
+    ids=[c[0] for c in CASES],
 )
-def test_bad_input_is_refused_once_before_any_host(tmp_path, overrides, host_vars, message):
-    assert_refused_before_any_host(deploy(write_inventory(tmp_path, overrides, host_vars)), message)
+def test_bad_input_is_refused_once_before_any_host(
+    tmp_path, group_run, case_id, overrides, host_vars, message
+):
+    group = GROUPS[GROUP_OF[case_id]]
+    case = (case_id, overrides, host_vars, message)
+    proc = group_run(GROUP_OF[case_id]) if len(group) > 1 else None
+    if proc is not None and own_message_in(proc, case, group):
+        assert_refused_before_any_host(proc, message, grouped=True)
+    else:
+        proc = deploy(write_inventory(tmp_path, overrides, host_vars))
+        assert_refused_before_any_host(proc, message)
+
+
+def test_the_groups_keep_the_matrix_and_share_no_variable():
+    """Every case is in one group; no two cases of a group set the same variable."""
+    assert sorted(c[0] for group in GROUPS for c in group) == sorted(c[0] for c in CASES)
+    for group in GROUPS:
+        names = [name for case in group for name in case_variables(case)]
+        assert len(names) == len(set(names)), [c[0] for c in group]
 
 
 def role_variables() -> dict[str, str]:
