@@ -1218,11 +1218,7 @@ def own_message_in(proc: subprocess.CompletedProcess, case: tuple, group: list[t
     no other case's of the group."""
     mine = re.sub(r"\s+", " ", case[3])
     others = [re.sub(r"\s+", " ", c[3]) for c in group if c[0] != case[0]]
-    items = (
-        [fold(" ".join(item)) for item in refusal_items(proc.stdout)]
-        if "msg:" in proc.stdout
-        else []
-    )
+    items = [fold(" ".join(item)) for item in refusal_items(proc.stdout)]
     holding = [item for item in items if mine in item]
     return len(holding) == 1 and not any(other in holding[0] for other in others)
 
