@@ -139,8 +139,12 @@ def test_a_deploy_starts_a_stopped_group_and_puts_back_a_hand_edit(host):
     assert "# a hand edit" not in host.file(settings).content_string
     assert not host.file(half_made).exists
     assert host.file(f"{BASE}/current/RELEASE").exists
+    # nothing left to do: Molecule's idempotence stage, which this scenario leaves out for it
     proc, _ = run_playbook("deploy.yml")
     assert "1 of 1 hosts have nothing to switch or restart" in proc.stdout
+    recap = re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)\s.*failed=(\d+)", proc.stdout, re.M)
+    both_vms = ["celery-toolkit-default", "celery-toolkit-monitor"]
+    assert sorted(recap) == [(vm, "0", "0") for vm in both_vms], recap
 
 
 def test_nothing_lands_in_the_default_folders(host):
