@@ -8,6 +8,7 @@ ansible.cfg, without colour, against the scenario's inventory (with its linked g
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import time
@@ -37,6 +38,15 @@ def run_playbook(
     if check:
         assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     return proc, seconds
+
+
+def play_recap(stdout: str) -> dict[str, dict[str, int]]:
+    """ansible-playbook's PLAY RECAP: host -> its counters (ok, changed, unreachable, failed,
+    skipped, rescued, ignored)."""
+    return {
+        host: {name: int(count) for name, count in re.findall(r"(\w+)=(\d+)", counters)}
+        for host, counters in re.findall(r"^(\S+)\s+:\s+(ok=\d+.*)$", stdout, re.M)
+    }
 
 
 def run_as_app(host, app: str, script: str, *args: str) -> str:

@@ -19,14 +19,13 @@ it, and changes nothing on it.
 
 import json
 import os
-import re
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from playbook_runner import ROOT
+from playbook_runner import ROOT, play_recap
 
 GALAXY = yaml.safe_load((ROOT / "galaxy.yml").read_text())
 FQCN = f"{GALAXY['namespace']}.{GALAXY['name']}"
@@ -254,14 +253,10 @@ def test_the_users_playbook_with_the_collections_roles_changes_nothing_on_a_conv
     assert proc.returncode == 0, out[-6000:]
     # the roles ran from the installed collection
     assert f"TASK [{FQCN}.celery_workers : " in proc.stdout, proc.stdout[-3000:]
-    recap = re.findall(
-        r"^(\S+)\s+:\s+ok=\d+\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)",
-        proc.stdout,
-        re.M,
-    )
+    recap = play_recap(proc.stdout)
     assert recap, proc.stdout[-3000:]
-    for name, changes, unreachable, failed in recap:
-        assert (changes, unreachable, failed) == ("0", "0", "0"), (
+    for name, c in recap.items():
+        assert (c["changed"], c["unreachable"], c["failed"]) == (0, 0, 0), (
             name,
             changed_tasks(proc.stdout),
             proc.stdout[-4000:],

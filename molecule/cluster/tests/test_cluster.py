@@ -15,7 +15,15 @@ import yaml
 
 from celery_quote import redis_config_quote
 from load import SEND
-from playbook_runner import LEDGER, ROOT, record_figure, run_playbook, wait_for, wait_until_ran
+from playbook_runner import (
+    LEDGER,
+    ROOT,
+    play_recap,
+    record_figure,
+    run_playbook,
+    wait_for,
+    wait_until_ran,
+)
 
 BROKER = "172.30.77.10"
 RUN = uuid.uuid4().hex[:8]  # tokens and settings unique to this run: the tests can run again
@@ -216,9 +224,9 @@ def test_a_rerun_with_nothing_to_do_stages_and_restarts_nothing():
     assert "3 of 3 hosts have nothing to switch or restart" in proc.stdout
     assert "skipping: no hosts matched" in switch_play(proc.stdout)
     assert "Install the app's user, folders" not in proc.stdout  # no host was staged
-    recap = dict(re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", proc.stdout, re.M))
+    recap = {host: c["changed"] for host, c in play_recap(proc.stdout).items()}
     assert {*WORKERS, "cluster-broker", "cluster-outsider"} <= set(recap), recap
-    assert set(recap.values()) == {"0"}, recap
+    assert set(recap.values()) == {0}, recap
     assert {host: worker_started(host) for host in WORKERS} == started
     record("re-run with nothing to do (3 worker hosts)", {"seconds": seconds})
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from load import SEND, as_app
-from playbook_runner import ROOT, run_playbook, wait_for
+from playbook_runner import ROOT, play_recap, run_playbook, wait_for
 
 # the scenario moves the app's folders away from /opt/refapp and /etc/refapp, and sets secrets
 # with symbols (tests/test_exact_values.py)
@@ -142,9 +142,8 @@ def test_a_deploy_starts_a_stopped_group_and_puts_back_a_hand_edit(host):
     # nothing left to do: Molecule's idempotence stage, which this scenario leaves out for it
     proc, _ = run_playbook("deploy.yml")
     assert "1 of 1 hosts have nothing to switch or restart" in proc.stdout
-    recap = re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)\s.*failed=(\d+)", proc.stdout, re.M)
-    both_vms = ["celery-toolkit-default", "celery-toolkit-monitor"]
-    assert sorted(recap) == [(vm, "0", "0") for vm in both_vms], recap
+    recap = {vm: (c["changed"], c["failed"]) for vm, c in play_recap(proc.stdout).items()}
+    assert recap == {"celery-toolkit-default": (0, 0), "celery-toolkit-monitor": (0, 0)}, recap
 
 
 def test_nothing_lands_in_the_default_folders(host):
