@@ -27,6 +27,7 @@ then warns once and writes as kombu does (no protection at maxmemory).
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import os
 import sys
@@ -365,6 +366,54 @@ def patch() -> None:
     RedisBackend._set = _set
 
 
+# issue 22: a broker behind Redis Sentinel. The broker URL (sentinel://...;sentinel://...) reaches
+# every app through CELERY_BROKER_URL, which Celery reads itself; the options that name the
+# monitored primary and the sentinels' password have no environment variable of Celery's. These
+# give them, as JSON objects, to any app, merged over the app's own options (the environment's
+# keys win: the inventory generated the URL they go with).
+TRANSPORT_OPTIONS = {
+    "CELERY_TOOLKIT_BROKER_TRANSPORT_OPTIONS": "broker_transport_options",
+    "CELERY_TOOLKIT_RESULT_BACKEND_TRANSPORT_OPTIONS": "result_backend_transport_options",
+}
+
+
+def transport_options(environ) -> dict[str, dict]:
+    """The Celery settings the environment adds to: {setting: options}; SystemExit naming the
+    variable when one is not a JSON object."""
+    found = {}
+    for name, setting in TRANSPORT_OPTIONS.items():
+        text = environ.get(name, "").strip()
+        if not text:
+            continue
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            raise SystemExit(f"celery_launch: {name} is not JSON ({exc})") from None
+        if not isinstance(value, dict):
+            raise SystemExit(f"celery_launch: {name} is not a JSON object: {text[:40]!r}")
+        found[setting] = value
+    return found
+
+
+def configure(environ=os.environ) -> None:
+    """Every app this process loads takes the environment's transport options (issue 22), however
+    it configures itself: they are merged in each time Celery (re)loads an app's settings."""
+    extra = transport_options(environ)
+    if not extra:
+        return
+    from celery.app import base
+
+    original = base.Celery._load_config
+
+    def _load_config(self):
+        conf = original(self)
+        for setting, options in extra.items():
+            conf[setting] = {**(conf.get(setting) or {}), **options}
+        return conf
+
+    base.Celery._load_config = _load_config
+
+
 def main() -> int:
     found = problems()
     if sys.argv[1:] == ["--check"]:
@@ -377,6 +426,7 @@ def main() -> int:
         print(refusal(found), file=sys.stderr)
         return 78  # EX_CONFIG: systemd and supervisord show it; a deploy's check said it first
     patch()
+    configure()
     # as the `celery` console script: its name in usage lines, its folder first on sys.path
     sys.argv[0] = os.path.join(os.path.dirname(sys.executable), "celery")
     sys.path[0] = os.path.dirname(sys.executable)
