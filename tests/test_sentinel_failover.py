@@ -5,10 +5,18 @@ sentinels, ACL users as the toolkit makes them, the sentinels behind their own p
 The app knows nothing of Sentinel (an app the toolkit has never seen): the broker and the result
 backend reach it as `sentinel://` URLs in CELERY_BROKER_URL and CELERY_RESULT_BACKEND, the primary's
 name and the sentinels' password as JSON in the launcher's variables. Under a steady stream of
-tasks, a planned switchover (SENTINEL FAILOVER) loses none and runs none twice; after the
-primary's death (SIGKILL) the worker consumes again without a restart, and the old primary comes
-back as a replica. What the death cost (tasks lost, run twice, seconds without consuming) is
-printed: the replicated fleet's benchmark (tests/bench/) is where it is measured ten times.
+tasks, after a planned switchover (SENTINEL FAILOVER) and after the primary's death (SIGKILL), the
+worker and the producer go on without a restart: every task sent once the old primary is a
+replica runs exactly once, and the result backend answers through the sentinels.
+
+What each cost (tasks lost, run twice, left in `unacked`) is printed, not asserted: clients keep
+the connections they have after a SENTINEL FAILOVER, on the old primary, until Sentinel makes it a
+replica seconds later, and what is written to it in between is not on the new primary (a review's
+experiment with plain LPUSHes lost 416; Celery's producer and worker here lost none in 6 runs, but
+under load an ack that went to the old primary left its task in the new primary's `unacked`, to be
+run again after visibility_timeout). The switchover playbook of issue 22 (not built yet) is to stop
+the writers and let the acks land first; the replicated fleet's benchmark is to measure both, ten
+runs each.
 """
 
 from __future__ import annotations
@@ -25,6 +33,10 @@ from pathlib import Path
 
 import pytest
 import redis
+
+# one fleet at a time on a worker of pytest-xdist (--dist loadgroup): two at once, beside the
+# Molecule lanes, would race for the CPU that Sentinel's timeouts count on
+pytestmark = pytest.mark.xdist_group("sentinel")
 
 FILES = Path(__file__).resolve().parent.parent / "roles/celery_app/files"
 LAUNCH = FILES / "celery_launch.py"
@@ -51,18 +63,21 @@ def record(n):
     return n
 """
 
-# Publishes tasks until the stop file appears; prints the numbers it was told were sent
+# Publishes tasks until the stop file appears; prints [number, time] of those it was told were sent
 PRODUCER = """
 import json, os, sys, time
 import celery_launch
 celery_launch.configure()
 from shapeapp import record
 sent, refused, n = [], 0, 0
+log = open(sys.argv[2], "a", buffering=1)  # what was sent so far, for the test to follow
 while not os.path.exists(sys.argv[1]):
     try:
+        at = time.time()
         record.apply_async((n,), retry=True, retry_policy={"max_retries": 30, "interval_start": 0.2,
                                                            "interval_step": 0.2, "interval_max": 1})
-        sent.append(n)
+        sent.append([n, at])
+        log.write(f"{n} {at}\\n")
     except Exception:
         refused += 1
     n += 1
@@ -111,6 +126,7 @@ class Fleet:
             "bind 127.0.0.1",
             f"dir {self.folder}",
             'save ""',
+            f"dbfilename dump-{port}.rdb",
             "appendonly no",
             "maxmemory-policy noeviction",
             "user default off",
@@ -128,8 +144,10 @@ class Fleet:
         conf = self.folder / f"node-{port}.conf"
         if not conf.exists():
             self.node_conf(port, replica_of)
-        self.procs[port] = subprocess.Popen([self.server, str(conf)], stdout=subprocess.DEVNULL)
-        wait_for(f"redis {port} answers", lambda: self.admin(port).ping())
+        proc = subprocess.Popen([self.server, str(conf)], stdout=subprocess.DEVNULL)
+        self.procs[port] = proc
+        wait_for(f"redis {port} answers", lambda: proc.poll() is None and self.admin(port).ping())
+        assert proc.poll() is None, f"redis-server on {port} exited ({proc.returncode})"
 
     def start(self) -> None:
         primary, replica = self.nodes
@@ -210,6 +228,7 @@ class Fleet:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
 
 
 @pytest.fixture
@@ -259,6 +278,7 @@ def worker(fleet, tmp_path):
                     proc.wait(30)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+                    proc.wait()
 
 
 def ran(ledger: Path) -> list[int]:
@@ -268,8 +288,9 @@ def ran(ledger: Path) -> list[int]:
 class Producer:
     def __init__(self, env: dict, folder: Path):
         self.stop_file = folder / "stop-producing"
+        self.sent_file = folder / "sent"
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", PRODUCER, str(self.stop_file)],
+            [sys.executable, "-c", PRODUCER, str(self.stop_file), str(self.sent_file)],
             env=env,
             cwd=folder,
             stdout=subprocess.PIPE,
@@ -277,11 +298,25 @@ class Producer:
             text=True,
         )
 
+    def sent_after(self, since: float) -> set[int]:
+        """The tasks sent after `since` so far (time.time() of the publish's start)."""
+        lines = self.sent_file.read_text().splitlines() if self.sent_file.exists() else []
+        return {int(n) for n, at in (line.split() for line in lines[:-1]) if float(at) > since}
+
     def finish(self) -> dict:
         self.stop_file.touch()
         out, err = self.proc.communicate(timeout=120)
         assert self.proc.returncode == 0, err[-3000:]
         return json.loads(out.splitlines()[-1])
+
+    def stop(self) -> None:
+        self.stop_file.touch()
+        if self.proc.poll() is None:
+            try:
+                self.proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.communicate()
 
 
 @pytest.fixture
@@ -290,27 +325,57 @@ def loaded(fleet, worker, tmp_path):
     env, ledger, proc = worker
     old = fleet.primary()
     producer = Producer(env, tmp_path)
-    wait_for("the worker runs the first tasks", lambda: len(ran(ledger)) >= 20)
-    return ledger, proc, old, producer
+    try:
+        wait_for("the worker runs the first tasks", lambda: len(ran(ledger)) >= 20)
+        yield ledger, proc, old, producer
+    finally:
+        producer.stop()
 
 
-def test_a_planned_switchover_under_load_loses_nothing_and_runs_nothing_twice(fleet, loaded):
+def demoted(fleet: Fleet, old: int, new: int) -> bool:
+    """Whether Sentinel has made the old primary a replica of the new one."""
+    info = fleet.admin(old).info("replication")
+    return info["role"] == "slave" and int(info["master_port"]) == new
+
+
+def settle(fleet: Fleet, ledger: Path, proc, producer: Producer, new: int, since: float) -> dict:
+    """Once the worker consumes from the new primary: stop producing, wait until every task sent
+    after `since` ran, and count. Asserts what must hold whatever the failover cost."""
+    wait_for(
+        "the worker runs 20 tasks sent after the failover",
+        lambda: len(producer.sent_after(since) & set(ran(ledger))) >= 20,
+        seconds=60,
+    )
+    out = producer.finish()
+    sent = {n for n, _ in out["sent"]}
+    after = {n for n, at in out["sent"] if at > since}
+    assert len(after) >= 20, out["sent"][-5:]
+    wait_for("every task sent after the failover run", lambda: after <= set(ran(ledger)), 60)
+    time.sleep(1)  # what a task run twice would add comes now
+    done = ran(ledger)
+    assert proc.poll() is None, "the worker exited"
+    assert out["result"] == -1, "the result backend did not answer through the sentinels"
+    runs = [n for n in done if n in after]
+    assert len(runs) == len(after), "a task sent after the failover ran twice"
+    primary = fleet.admin(new)
+    return {
+        "sent": len(sent),
+        "lost": len(sent - set(done)),
+        "twice": len(done) - len(set(done)),
+        "left in unacked": primary.hlen("unacked"),
+        "refused": out["refused"],
+    }
+
+
+def test_after_a_planned_switchover_the_worker_consumes_from_the_new_primary(fleet, loaded):
     ledger, proc, old, producer = loaded
     fleet.sentinel(fleet.sentinels[0]).execute_command("SENTINEL", "FAILOVER", MASTER)
     new = wait_for("a replica promoted", lambda: fleet.primary() != old and fleet.primary())
-    before = len(ran(ledger))
-    wait_for("the worker consumes from the new primary", lambda: len(ran(ledger)) >= before + 20)
-    out = producer.finish()
-    wait_for("every sent task run", lambda: len(ran(ledger)) >= len(out["sent"]) + 1, seconds=60)
-    time.sleep(1)  # nothing more comes (a task run twice would)
-    done = [n for n in ran(ledger) if n != -1]
-    assert out["result"] == -1
-    assert proc.poll() is None, "the worker exited"
     assert new in fleet.nodes
-    assert len(done) == len(set(done)), "a task ran twice"
-    assert set(done) == set(out["sent"]), f"lost: {sorted(set(out['sent']) - set(done))[:10]}"
-    assert out["refused"] == 0
-    print(f"\nswitchover: {len(out['sent'])} sent, 0 lost, 0 twice")
+    # the clients' connections stay on the old primary until Sentinel makes it a replica
+    wait_for("the old primary made a replica", lambda: demoted(fleet, old, new), seconds=60)
+    figures = settle(fleet, ledger, proc, producer, new, since=time.time() + 1)
+    print(f"\nSENTINEL FAILOVER under load: {figures}")
 
 
 def test_after_the_primary_dies_the_worker_consumes_again_and_it_returns_as_a_replica(
@@ -323,45 +388,26 @@ def test_after_the_primary_dies_the_worker_consumes_again_and_it_returns_as_a_re
     new = wait_for(
         "a replica promoted", lambda: fleet.primary() != old and fleet.primary(), seconds=60
     )
+    promoted = time.time()
     before = len(ran(ledger))
-    wait_for("the worker consumes again", lambda: len(ran(ledger)) >= before + 20, seconds=60)
+    wait_for("the worker consumes again", lambda: len(ran(ledger)) >= before + 5, seconds=60)
     consuming = round(time.monotonic() - killed, 1)
-    out = producer.finish()
     # the old primary comes back and is made a replica of the new one
     fleet.start_node(old)
-    wait_for(
-        "the old primary returns as a replica",
-        lambda: (
-            fleet.admin(old).info("replication")["role"] == "slave"
-            and int(fleet.admin(old).info("replication")["master_port"]) == new
-        ),
-        seconds=60,
-    )
-    sent = set(out["sent"])
-    wait_for(
-        "the tasks sent after the failover run",
-        lambda: {n for n in sent if n > max(sent) - 50} <= set(ran(ledger)),
-        seconds=60,
-    )
-    done = ran(ledger)
-    assert proc.poll() is None, "the worker exited"
-    assert out["result"] == -1
-    done = [n for n in done if n != -1]
-    lost, twice = len(sent - set(done)), len(done) - len(set(done))
-    print(
-        f"\nprimary killed: {len(sent)} sent, {lost} lost, {twice} twice,"
-        f" consuming again after {consuming} s"
-    )
+    wait_for("the old primary returns as a replica", lambda: demoted(fleet, old, new), 60)
+    figures = settle(fleet, ledger, proc, producer, new, since=promoted + 1)
+    print(f"\nprimary killed: {figures}, consuming again after {consuming} s")
 
 
 def test_without_the_launchers_options_a_sentinel_url_does_not_start(fleet, tmp_path):
-    """The control: what the launcher's variables give. Celery alone, with the same URLs and
-    without the primary's name, cannot connect (kombu asks for master_name)."""
+    """The control: what the launcher's variables give. Without them, the same URLs and the
+    same app do not connect (kombu asks for master_name)."""
     app_dir = tmp_path / "app"
     app_dir.mkdir()
     (app_dir / "shapeapp.py").write_text(APP)
     env = fleet.env(tmp_path / "ledger", app_dir)
     del env["CELERY_TOOLKIT_BROKER_TRANSPORT_OPTIONS"]
+    del env["CELERY_TOOLKIT_RESULT_BACKEND_TRANSPORT_OPTIONS"]
     proc = subprocess.run(
         [sys.executable, str(LAUNCH), "-A", "shapeapp", "inspect", "ping", "--timeout=1"],
         env=env,
@@ -387,3 +433,51 @@ def test_options_that_are_not_a_json_object_are_refused_naming_the_variable(valu
     assert proc.returncode == 1
     assert "celery_launch: CELERY_TOOLKIT_BROKER_TRANSPORT_OPTIONS is not" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+MERGE = r"""
+import json, os, sys
+import celery_launch
+celery_launch.configure()
+from celery import Celery
+
+class Django:  # what app.config_from_object('django.conf:settings', namespace='CELERY') reads
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 7200,
+                                       "sentinel_kwargs": {"socket_timeout": 1}}
+
+out = {}
+plain = Celery("plain")
+plain.conf.broker_transport_options = {"visibility_timeout": 7200}  # before loading: the app's
+out["plain"] = plain.conf.broker_transport_options
+django = Celery("django")
+django.config_from_object(Django, namespace="CELERY")
+out["django"] = django.conf.broker_transport_options
+later = Celery("later")
+later.conf.result_backend_transport_options  # loaded, then configured again
+later.config_from_object(Django, namespace="CELERY")
+out["later"] = later.conf.result_backend_transport_options
+print(json.dumps(out))
+"""
+
+
+def test_the_options_merge_over_the_apps_own_however_it_configures_itself():
+    options = {"master_name": "m", "sentinel_kwargs": {"password": "p"}}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(FILES),
+        "CELERY_TOOLKIT_BROKER_TRANSPORT_OPTIONS": json.dumps(options),
+        "CELERY_TOOLKIT_RESULT_BACKEND_TRANSPORT_OPTIONS": json.dumps({"master_name": "m"}),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", MERGE], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert out["plain"] == {"visibility_timeout": 7200, **options}
+    # Django's CELERY_ namespace; a nested object merged key by key, the app's own keys kept
+    assert out["django"] == {
+        "visibility_timeout": 7200,
+        "master_name": "m",
+        "sentinel_kwargs": {"socket_timeout": 1, "password": "p"},
+    }
+    assert out["later"] == {"master_name": "m"}

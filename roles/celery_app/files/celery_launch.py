@@ -100,6 +100,8 @@ REPLACED = {
         "queue",
     ],
     "celery.backends.redis:RedisBackend._set": ["self", "key", "value", "expires"],
+    # wrapped by configure() (issue 22) when the transport-option variables are set
+    "celery.app.base:Celery._load_config": ["self"],
 }
 USED = {  # read, not replaced
     "kombu.transport.redis:Channel": [
@@ -369,8 +371,10 @@ def patch() -> None:
 # issue 22: a broker behind Redis Sentinel. The broker URL (sentinel://...;sentinel://...) reaches
 # every app through CELERY_BROKER_URL, which Celery reads itself; the options that name the
 # monitored primary and the sentinels' password have no environment variable of Celery's. These
-# give them, as JSON objects, to any app, merged over the app's own options (the environment's
-# keys win: the inventory generated the URL they go with).
+# give them, as JSON objects, to any app, merged over the app's own options when Celery loads its
+# settings (the environment's keys win, a nested object such as sentinel_kwargs merged key by key:
+# the inventory generated the URL they go with). An app that assigns the whole setting again
+# after its settings are loaded (app.conf.broker_transport_options = ...) replaces them.
 TRANSPORT_OPTIONS = {
     "CELERY_TOOLKIT_BROKER_TRANSPORT_OPTIONS": "broker_transport_options",
     "CELERY_TOOLKIT_RESULT_BACKEND_TRANSPORT_OPTIONS": "result_backend_transport_options",
@@ -408,7 +412,16 @@ def configure(environ=os.environ) -> None:
     def _load_config(self):
         conf = original(self)
         for setting, options in extra.items():
-            conf[setting] = {**(conf.get(setting) or {}), **options}
+            own = dict(conf.get(setting) or {})
+            conf[setting] = {
+                **own,
+                **{
+                    key: {**own[key], **value}
+                    if isinstance(value, dict) and isinstance(own.get(key), dict)
+                    else value
+                    for key, value in options.items()
+                },
+            }
         return conf
 
     base.Celery._load_config = _load_config
