@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from local_redis import free_port, redis_server
 
 FILES = Path(__file__).resolve().parent.parent / "roles/celery_app/files"
 LAUNCH = FILES / "celery_launch.py"
@@ -111,12 +111,7 @@ print(json.dumps(out))
 @pytest.fixture
 def redis_port(tmp_path):
     """A redis-server of this machine's (Debian's 7.0 on CI), started here, stopped by pid."""
-    server = shutil.which("redis-server")
-    if not server:
-        pytest.fail("redis-server is missing: apt-get install redis-server; .ci/run does")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    server, port = redis_server(), free_port()
     proc = subprocess.Popen(
         [
             server,

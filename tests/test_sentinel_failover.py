@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,6 +36,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from local_redis import free_port, redis_server
 
 # one fleet at a time on a worker of pytest-xdist (--dist loadgroup): two at once, beside the
 # Molecule lanes, would race for the CPU that Sentinel's timeouts count on
@@ -93,12 +92,6 @@ print(json.dumps({"sent": sent, "refused": refused, "result": result}))
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def wait_for(what: str, check, seconds: float = 30.0, step: float = 0.1):
     deadline = time.monotonic() + seconds
     while True:
@@ -117,9 +110,7 @@ class Fleet:
     """A primary, a replica and three sentinels, each a process of this test (stopped by pid)."""
 
     def __init__(self, folder: Path):
-        server = shutil.which("redis-server")
-        if not server:
-            pytest.fail("redis-server is missing: apt-get install redis-server; .ci/run does")
+        server = redis_server()
         self.server, self.folder, self.procs = server, folder, {}
         self.nodes = [free_port(), free_port()]
         self.sentinels = [free_port() for _ in range(3)]
