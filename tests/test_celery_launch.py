@@ -215,3 +215,67 @@ def test_a_kombu_without_what_is_patched_is_refused_with_the_fix(tmp_path):
         text = proc.stdout + proc.stderr
         assert "kombu.transport.redis:QoS.append(self, message, delivery_tag, pipe=None)" in text
         assert "celery_app_constraints" in text
+
+
+# issue 22: the state Celery's consumer leaves when its broker dies under it. Connection.collect()
+# could not close the default channel (its socket is dead) and set the transport's client to None;
+# Celery then closes the connection, and the channel's close gives back its unacked messages.
+COLLECTED = r"""
+import json, sys
+import redis
+from kombu import Connection, Exchange, Queue
+port, patched = int(sys.argv[1]), sys.argv[2] == "1"
+if patched:
+    import celery_launch
+    celery_launch.patch()
+    celery_launch.hold_client()
+admin = redis.Redis(port=port)
+queue = Queue("q", Exchange("q"), "q")
+out = {}
+conn = Connection(f"redis://127.0.0.1:{port}/0")
+with conn.Producer() as producer:
+    for i in range(3):
+        producer.publish({"n": i}, exchange=queue.exchange, routing_key="q", declare=[queue])
+seen = []
+consumer = conn.Consumer(queue, callbacks=[lambda body, message: seen.append(body)])
+consumer.qos(prefetch_count=3)
+consumer.consume()
+while len(seen) < 3:
+    conn.drain_events(timeout=5)
+out["held"] = {"unacked": admin.hlen("unacked"), "queued": admin.llen("q")}
+conn._do_close_transport()  # what collect() does after the channel's close failed
+try:
+    conn.close()  # what Celery's consumer does next (ignore_errors lets AttributeError through)
+    out["close"] = "ok"
+except Exception as exc:
+    out["close"] = f"{type(exc).__name__}: {exc}"
+out["after"] = {"unacked": admin.hlen("unacked"), "queued": admin.llen("q")}
+print(json.dumps(out))
+"""
+
+
+def collected(port: int, patched: bool) -> dict:
+    proc = subprocess.run(
+        [sys.executable, "-c", COLLECTED, str(port), "1" if patched else "0"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(FILES)},
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def test_a_channel_closed_after_its_connection_was_collected_gives_back_its_messages(redis_port):
+    out = collected(redis_port, patched=True)
+    assert out["held"] == {"unacked": 3, "queued": 0}, out
+    assert out["close"] == "ok", out
+    assert out["after"] == {"unacked": 0, "queued": 3}, out
+
+
+def test_without_the_launcher_that_close_kills_the_worker(redis_port):
+    """kombu 5.7.0 as released: the error Celery reports as unrecoverable (the worker exits)."""
+    out = collected(redis_port, patched=False)
+    assert out["held"] == {"unacked": 3, "queued": 0}, out
+    assert out["close"].startswith("AttributeError"), out
+    assert "hostname" in out["close"], out

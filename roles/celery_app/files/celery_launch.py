@@ -102,6 +102,9 @@ REPLACED = {
     "celery.backends.redis:RedisBackend._set": ["self", "key", "value", "expires"],
     # wrapped by configure() (issue 22) when the transport-option variables are set
     "celery.app.base:Celery._load_config": ["self"],
+    # wrapped by hold_client() (issue 22): a channel closed after its connection was collected
+    "kombu.transport.redis:Channel.__init__": ["self", "args", "kwargs"],
+    "kombu.transport.redis:Channel.close": ["self"],
 }
 USED = {  # read, not replaced
     "kombu.transport.redis:Channel": [
@@ -427,6 +430,42 @@ def configure(environ=os.environ) -> None:
     base.Celery._load_config = _load_config
 
 
+def hold_client() -> None:
+    """Let a Redis channel closed after its connection was collected give back its unacked
+    messages instead of killing the worker (issue 22; kombu 5.7.0, measured on Sentinel failover).
+
+    When the broker dies, Celery's consumer collects its connection (`Connection.collect`): the
+    default channel's close fails on the dead socket and stays open, and the transport's `client`
+    (the kombu Connection) is set to None. Celery then closes the connection; the channel's close
+    gives back its unacked messages (`restore_unacked_once`) through a new pool, which kombu builds
+    from `transport.client`: AttributeError 'NoneType' object has no attribute 'hostname', which
+    Celery reports as an unrecoverable error and the worker exits (1 Sentinel failover in 3 under
+    load here). The channel keeps the client it was opened with, and its close reads that one when
+    the transport has none: the give-back reaches the primary the sentinels name now, or fails as
+    a connection error, which the close already ignores.
+    """
+    from kombu.transport import redis as transport
+
+    init, close = transport.Channel.__init__, transport.Channel.close
+
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.__dict__["_celery_toolkit_client"] = self.connection.client
+
+    def _close(self):
+        owner, held = self.connection, self.__dict__.get("_celery_toolkit_client")
+        if owner is None or owner.client is not None or held is None:
+            return close(self)
+        owner.client = held
+        try:
+            return close(self)
+        finally:
+            owner.client = None
+
+    transport.Channel.__init__ = __init__
+    transport.Channel.close = _close
+
+
 def main() -> int:
     found = problems()
     if sys.argv[1:] == ["--check"]:
@@ -439,6 +478,7 @@ def main() -> int:
         print(refusal(found), file=sys.stderr)
         return 78  # EX_CONFIG: systemd and supervisord show it; a deploy's check said it first
     patch()
+    hold_client()
     configure()
     # as the `celery` console script: its name in usage lines, its folder first on sys.path
     sys.argv[0] = os.path.join(os.path.dirname(sys.executable), "celery")
