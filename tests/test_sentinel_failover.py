@@ -5,24 +5,26 @@ sentinels, ACL users as the toolkit makes them, the sentinels behind their own p
 The app knows nothing of Sentinel (an app the toolkit has never seen): the broker and the result
 backend reach it as `sentinel://` URLs in CELERY_BROKER_URL and CELERY_RESULT_BACKEND, the primary's
 name and the sentinels' password as JSON in the launcher's variables. Under a steady stream of
-tasks, after a planned switchover (SENTINEL FAILOVER) and after the primary's death (SIGKILL),
-tasks flow again: every task sent once the old primary is a replica runs exactly once, and the
-result backend answers through the sentinels. The worker is supervised as the toolkit's units
+tasks, after a planned switchover (roles/redis/files/redis_switchover.py) and after the primary's
+death (SIGKILL), tasks flow again: every task sent once the switch is over runs exactly once, and
+the result backend answers through the sentinels. The worker is supervised as the toolkit's units
 are (Restart=always), and neither it nor the producer may have to start again. kombu 5.7.0 alone
 killed the worker on the lost connection in 2 of 8 kills beside other work and in one CI run:
 closing the channel gives back its unacked messages through a connection whose client is already
 gone (AttributeError 'NoneType' object has no attribute 'hostname'), which Celery takes for an
 unrecoverable error. The launcher's hold_client() keeps that client (tests/test_celery_launch.py
-shows both); with it, 0 exits in 6 kills and 6 switchovers beside a Molecule scenario.
+shows both); with it, 0 exits in 6 kills and 13 switchovers beside other work.
 
-What each cost (tasks lost, run twice, left in `unacked`) is printed, not asserted: clients keep
-the connections they have after a SENTINEL FAILOVER, on the old primary, until Sentinel makes it a
-replica seconds later, and what is written to it in between is not on the new primary (a review's
-experiment with plain LPUSHes lost 416; Celery's producer and worker here lost none in 6 runs, but
-under load an ack that went to the old primary left its task in the new primary's `unacked`, to be
-run again after visibility_timeout). The switchover playbook of issue 22 (not built yet) is to stop
-the writers and let the acks land first; the replicated fleet's benchmark is to measure both, ten
-runs each.
+A bare SENTINEL FAILOVER is not a planned switchover: clients keep their connections to the old
+primary until Sentinel makes it a replica (8 to 11 s later here), and what they write to it in
+between is not on the new primary (plain LPUSHes every 20 ms: 416 and 534 lost). The script
+pauses the primary's writes, waits for the replicas, has a sentinel promote one and makes the old
+primary a replica at once: 0 of ~200 LPUSHes lost in 3 runs, writes held 1.4 to 2.5 s; under
+Celery below, no task lost in 7 runs, 1 run twice in 1 of them (an ack caught by the pause).
+What the primary's death costs (tasks lost, run twice, left in `unacked`) is printed, not
+asserted: replication is asynchronous, so the last writes acknowledged by a primary that dies
+may not be on the replica (1 task lost in 3 of 11 kills here). The replicated fleet's benchmark
+is to measure both, ten runs each.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ pytestmark = pytest.mark.xdist_group("sentinel")
 
 FILES = Path(__file__).resolve().parent.parent / "roles/celery_app/files"
 LAUNCH = FILES / "celery_launch.py"
+SWITCHOVER = FILES.parent.parent / "redis/files/redis_switchover.py"
 MASTER = "toolkit-broker"
 ADMIN_PASSWORD = "admin-pw"
 SENTINEL_PASSWORD = "sentinel-pw"
@@ -384,15 +387,61 @@ def settle(
     }
 
 
-def test_after_a_planned_switchover_the_worker_consumes_from_the_new_primary(fleet, loaded):
+def switchover(fleet: Fleet, folder: Path) -> subprocess.CompletedProcess:
+    """roles/redis/files/redis_switchover.py on the fleet, its passwords in a file of mode 0600."""
+    config = folder / "switchover.json"
+    config.touch(mode=0o600)
+    config.write_text(
+        json.dumps(
+            {
+                "master_name": MASTER,
+                "sentinels": [["127.0.0.1", port] for port in fleet.sentinels],
+                "sentinel_auth": {"password": SENTINEL_PASSWORD},
+                "node_auth": {"username": "admin", "password": ADMIN_PASSWORD},
+            }
+        )
+    )
+    return subprocess.run(
+        [sys.executable, str(SWITCHOVER), str(config)], capture_output=True, text=True, timeout=90
+    )
+
+
+def test_a_planned_switchover_loses_no_task(fleet, loaded, tmp_path):
+    """The switchover script under load: the old primary is a replica as soon as a replica is
+    promoted (no write reaches it after), every task sent, before or after, runs, and those
+    sent after it run exactly once. Printed, not asserted: tasks run twice. A worker's ack that
+    falls into the pause fails when the script closes the old primary's connections, and kombu
+    gives the message back (acks_late): 1 task ran twice in 1 of 3 runs here. Issue 22 asks for
+    none: the switchover playbook is to stop the workers' consumers first."""
     ledger, worker, old, producer = loaded
-    fleet.sentinel(fleet.sentinels[0]).execute_command("SENTINEL", "FAILOVER", MASTER)
-    new = wait_for("a replica promoted", lambda: fleet.primary() != old and fleet.primary())
-    assert new in fleet.nodes
-    # the clients' connections stay on the old primary until Sentinel makes it a replica
-    wait_for("the old primary made a replica", lambda: demoted(fleet, old, new), seconds=60)
-    figures = settle(fleet, ledger, worker, producer, new, since=time.time() + 1)
-    print(f"\nSENTINEL FAILOVER under load: {figures}")
+    proc = switchover(fleet, tmp_path)
+    switched = time.time()
+    assert proc.returncode == 0, proc.stderr
+    assert f"switched {MASTER}: 127.0.0.1:{old} -> 127.0.0.1:" in proc.stdout, proc.stdout
+    new = fleet.primary()
+    assert new != old and demoted(fleet, old, new)
+    figures = settle(fleet, ledger, worker, producer, new, since=switched)
+    print(f"\nplanned switchover under load: {figures}; {proc.stdout.strip()}")
+    assert figures["lost"] == 0, figures
+
+
+def test_a_switchover_without_a_replica_in_sync_changes_nothing(fleet, tmp_path):
+    """Its refusal: the replica stopped, the script says which step failed, writes resume on the
+    primary it left in place."""
+    primary, replica = fleet.nodes
+    fleet.procs[replica].terminate()
+    fleet.procs[replica].wait(10)
+    wait_for(
+        "the primary sees its replica gone",
+        lambda: not fleet.admin(primary).execute_command("ROLE")[2],
+    )
+    proc = switchover(fleet, tmp_path)
+    assert proc.returncode == 1
+    assert (
+        proc.stderr.strip() == f"redis_switchover: 127.0.0.1:{primary} has no replica to switch to"
+    )
+    assert fleet.primary() == primary
+    fleet.admin(primary).set("after", "1")  # not paused any more
 
 
 def test_after_the_primary_dies_tasks_flow_again_and_it_returns_as_a_replica(fleet, loaded):
@@ -500,3 +549,30 @@ def test_the_options_merge_over_the_apps_own_however_it_configures_itself():
         "sentinel_kwargs": {"socket_timeout": 1, "password": "p"},
     }
     assert out["later"] == {"master_name": "m"}
+
+
+@pytest.mark.parametrize(
+    "config, said",
+    [
+        ({"sentinels": [["127.0.0.1", 1]]}, "gives no master_name, sentinel_auth, node_auth"),
+        (
+            {
+                "master_name": MASTER,
+                "sentinels": [["127.0.0.1", free_port()] for _ in range(3)],
+                "sentinel_auth": {"password": SENTINEL_PASSWORD},
+                "node_auth": {"username": "admin", "password": ADMIN_PASSWORD},
+            },
+            f"no majority of the 3 sentinels names one primary of '{MASTER}' (they say nothing)",
+        ),
+    ],
+    ids=["a-setting-missing", "no-sentinel-answers"],
+)
+def test_the_switchover_script_refuses_in_one_line(tmp_path, config, said):
+    path = tmp_path / "switchover.json"
+    path.write_text(json.dumps(config))
+    proc = subprocess.run(
+        [sys.executable, str(SWITCHOVER), str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and said in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
