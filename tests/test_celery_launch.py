@@ -279,3 +279,102 @@ def test_without_the_launcher_that_close_kills_the_worker(redis_port):
     assert out["held"] == {"unacked": 3, "queued": 0}, out
     assert out["close"].startswith("AttributeError"), out
     assert "hostname" in out["close"], out
+
+
+# issue 22: an ack the broker's loss interrupts (the task ran; a switchover or the primary's death
+# closed the connection). The broker comes back with its data (append-only file), as a promoted
+# replica would have it.
+LATE_ACK = r"""
+import base64, json, subprocess, sys, time
+import redis
+from kombu import Connection, Exchange, Queue
+server, port, folder, patched = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
+if patched:
+    import celery_launch
+    celery_launch.patch()
+    celery_launch.hold_client()
+argv = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+        "--appendfsync", "always", "--dir", folder]
+def start():
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    for _ in range(200):
+        try:
+            redis.Redis(port=port).ping()
+            return proc
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    raise SystemExit("redis-server did not start")
+proc = start()
+admin = redis.Redis(port=port)
+queue = Queue("q", Exchange("q"), "q")
+out = {}
+conn = Connection(f"redis://127.0.0.1:{port}/0", transport_options={"max_retries": 0})
+with conn.Producer() as producer:
+    producer.publish({"n": 0}, exchange=queue.exchange, routing_key="q", declare=[queue])
+seen = []
+consumer = conn.Consumer(queue, callbacks=[lambda body, message: seen.append(message)])
+consumer.qos(prefetch_count=1)
+consumer.consume()
+while not seen:
+    conn.drain_events(timeout=5)
+proc.terminate(); proc.wait(10)  # the broker goes away while the task runs
+try:
+    seen[0].ack()
+    out["ack"] = "ok"
+except Exception as exc:
+    out["ack"] = type(exc).__name__
+proc = start()  # back, with what it had: the message in `unacked`
+out["unacked_when_back"] = admin.hlen("unacked")
+try:
+    conn.close()  # the consumer's connection closes; kombu gives back what it holds
+except Exception as exc:
+    out["close"] = type(exc).__name__
+out["queued_after_close"] = admin.llen("q")
+with Connection(f"redis://127.0.0.1:{port}/0") as fresh:  # the next delivery, as a worker's next
+    with fresh.Producer() as producer:
+        producer.publish({"n": 1}, exchange=queue.exchange, routing_key="q", declare=[queue])
+    got = []
+    with fresh.Consumer(queue, callbacks=[lambda body, message: got.append(body)]):
+        while not got:
+            fresh.drain_events(timeout=5)
+    out["unacked_after_next_delivery"] = sorted(  # the n of each message held there
+        json.loads(base64.b64decode(json.loads(v)[0]["body"]))["n"] for v in admin.hvals("unacked"))
+proc.terminate(); proc.wait(10)
+print(json.dumps(out))
+"""
+
+
+def late_ack(tmp_path: Path, patched: bool) -> dict:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            LATE_ACK,
+            redis_server(),
+            str(free_port()),
+            str(tmp_path),
+            "1" if patched else "0",
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(FILES)},
+        timeout=90,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def test_an_ack_the_brokers_loss_interrupted_is_done_later_not_run_again(tmp_path):
+    out = late_ack(tmp_path, patched=True)
+    assert out["ack"] == "ok", out  # the task is done: its message is not given back
+    assert out["unacked_when_back"] == 1, out
+    assert out["queued_after_close"] == 0, out
+    # the next delivery's connection removed the first entry; the second one is held
+    assert out["unacked_after_next_delivery"] == [1], out
+
+
+def test_without_the_launcher_that_task_would_run_again(tmp_path):
+    out = late_ack(tmp_path, patched=False)
+    assert out["ack"] != "ok", out
+    assert out["unacked_when_back"] == 1 and out["queued_after_close"] == 1, out
+    assert out["unacked_after_next_delivery"] == [0], out  # delivered again

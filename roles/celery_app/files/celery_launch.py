@@ -129,6 +129,7 @@ USED = {  # read, not replaced
 log = logging.getLogger("celery_launch")
 _unsupported: list[str] = []  # the broker's refusal of the scripts, once seen
 _sha: dict[str, str] = {}
+_late_acks: list[tuple[list[str], str]] = []  # (keys, delivery tag) of acks the broker missed
 
 
 def _resolve(name: str) -> object:
@@ -205,7 +206,9 @@ def patch() -> None:
     from kombu.transport import virtual
     from kombu.utils.encoding import bytes_to_str
     from kombu.utils.json import dumps, loads
+    from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import OutOfMemoryError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
 
     QoS, RedisBackend = transport.QoS, backend.RedisBackend
     original = {
@@ -231,6 +234,7 @@ def patch() -> None:
         delivery = message.delivery_info
         entry = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
         with self.channel.conn_or_acquire() as client:
+            finish_acks(client)
             done = run_script(client, APPEND, keys(self), [time(), delivery_tag, entry])
         if done is None:
             return original["append"](self, message, delivery_tag)
@@ -240,8 +244,27 @@ def patch() -> None:
         with self.channel.conn_or_acquire() as client:
             return run_script(client, REMOVE, keys(self), [delivery_tag]) is not None
 
+    def finish_acks(client) -> None:
+        """The acks the broker's loss interrupted, done on the broker the worker reaches now."""
+        while _late_acks:
+            where, tag = _late_acks[0]
+            if run_script(client, REMOVE, where, [tag]) is None:
+                return
+            _late_acks.pop(0)
+
     def ack(self, delivery_tag):
-        if not remove(self, delivery_tag):
+        try:
+            done = remove(self, delivery_tag)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            # The task ran; its ack could not reach the broker (a switchover closed the
+            # connection, the primary died). kombu would give the message back when the channel
+            # closes, and it would run again: it is marked acked here, and its entry in `unacked`
+            # removed through the next connection (finish_acks) before visibility_timeout.
+            _late_acks.append((keys(self), delivery_tag))
+            virtual.QoS.ack(self, delivery_tag)
+            log.warning("celery_launch: ack of %s done later (%s)", delivery_tag, exc)
+            return
+        if not done:
             return original["ack"](self, delivery_tag)
         virtual.QoS.ack(self, delivery_tag)
 
@@ -290,6 +313,9 @@ def patch() -> None:
 
     def restore_visible(self, start=0, num=10, interval=10):
         try:
+            if _late_acks:  # before entries older than visibility_timeout are given back
+                with self.channel.conn_or_acquire() as client:
+                    finish_acks(client)
             return original["restore_visible"](self, start, num, interval)
         except OutOfMemoryError:  # its mutex (SET NX) at the limit: the next round sweeps
             log.debug("celery_launch: restore_visible skipped at maxmemory")
