@@ -254,16 +254,21 @@ print(json.dumps(out))
 """
 
 
-def collected(port: int, patched: bool) -> dict:
+def child(code: str, *args: str) -> dict:
+    """CODE in a child Python that can import the launcher; the JSON its last line prints."""
     proc = subprocess.run(
-        [sys.executable, "-c", COLLECTED, str(port), "1" if patched else "0"],
+        [sys.executable, "-c", code, *args],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": str(FILES)},
-        timeout=60,
+        timeout=90,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.splitlines()[-1])
+
+
+def collected(port: int, patched: bool) -> dict:
+    return child(COLLECTED, str(port), "1" if patched else "0")
 
 
 def test_a_channel_closed_after_its_connection_was_collected_gives_back_its_messages(redis_port):
@@ -345,23 +350,8 @@ print(json.dumps(out))
 
 
 def late_ack(tmp_path: Path, patched: bool) -> dict:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            LATE_ACK,
-            redis_server(),
-            str(free_port()),
-            str(tmp_path),
-            "1" if patched else "0",
-        ],  # fmt: skip
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(FILES)},
-        timeout=90,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.splitlines()[-1])
+    flag = "1" if patched else "0"
+    return child(LATE_ACK, redis_server(), str(free_port()), str(tmp_path), flag)
 
 
 def test_an_ack_the_brokers_loss_interrupted_is_done_later_not_run_again(tmp_path):
