@@ -234,11 +234,16 @@ def patch() -> None:
         delivery = message.delivery_info
         entry = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
         with self.channel.conn_or_acquire() as client:
-            finish_acks(client)
             done = run_script(client, APPEND, keys(self), [time(), delivery_tag, entry])
         if done is None:
             return original["append"](self, message, delivery_tag)
         virtual.QoS.append(self, message, delivery_tag)
+        if _late_acks:  # after the popped message is recorded: nothing here may lose it
+            try:
+                with self.channel.conn_or_acquire() as client:
+                    finish_acks(client)
+            except Exception as exc:  # noqa: BLE001 - restore_visible tries again in 10 s
+                log.warning("celery_launch: %d late acks still to do (%s)", len(_late_acks), exc)
 
     def remove(self, delivery_tag) -> bool:
         with self.channel.conn_or_acquire() as client:
