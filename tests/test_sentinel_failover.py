@@ -13,19 +13,19 @@ killed the worker on the lost connection in 2 of 8 kills beside other work and i
 closing the channel gives back its unacked messages through a connection whose client is already
 gone (AttributeError 'NoneType' object has no attribute 'hostname'), which Celery takes for an
 unrecoverable error. The launcher's hold_client() keeps that client (tests/test_celery_launch.py
-shows both); with it, 0 exits in 6 kills and 13 switchovers beside other work.
+shows both); with it, 0 exits in 14 kills and 48 switchovers beside other work.
 
 A bare SENTINEL FAILOVER is not a planned switchover: clients keep their connections to the old
 primary until Sentinel makes it a replica (8 to 11 s later here), and what they write to it in
 between is not on the new primary (plain LPUSHes every 20 ms: 416 and 534 lost). The script
 pauses the primary's writes, waits for the replicas, has a sentinel promote one and makes the old
 primary a replica at once: 0 of ~200 LPUSHes lost in 3 runs, writes held 1.2 to 2.5 s. Under
-Celery below, no task lost in 23 runs, but a task running when the old primary's connections
-close is given back by kombu and runs again (acks_late): 4 of those 23 runs. With the workers'
-consumers stopped first (the playbook's way, to come), 0 lost and 0 run twice in 13 runs.
+Celery below, no task lost in 26 runs, but a task running when the old primary's connections
+close is given back by kombu and runs again (acks_late): 5 of those 26 runs. With the workers'
+consumers stopped first (the playbook's way, to come), 0 lost and 0 run twice in 16 runs.
 What the primary's death costs (tasks lost, run twice, left in `unacked`) is printed, not
 asserted: replication is asynchronous, so the last writes acknowledged by a primary that dies
-may not be on the replica (1 task lost in 3 of 11 kills here). The replicated fleet's benchmark
+may not be on the replica (1 task lost in 3 of 14 kills here). The replicated fleet's benchmark
 is to measure both, ten runs each.
 """
 
@@ -413,7 +413,7 @@ def test_a_planned_switchover_loses_no_task(fleet, loaded, tmp_path):
     promoted (no write reaches it after), every task sent, before or after, runs, and those
     sent after it run exactly once. Printed, not asserted: tasks run twice. A task still running
     when the script closes the old primary's connections is given back by kombu when the
-    worker's channel closes, and runs again (acks_late; Celery's own warning says so): 4 of 23
+    worker's channel closes, and runs again (acks_late; Celery's own warning says so): 5 of 26
     runs here. Issue 22 asks for none: hence the test below, consumers stopped first."""
     ledger, worker, old, producer = loaded
     proc = switchover(fleet, tmp_path)
