@@ -2,7 +2,7 @@
 
 A deploy that rotates the Django project's SECRET_KEY (a new value in celery_app_environment,
 given as an extra-vars file, never on ansible-playbook's own command line) runs with -vvv while
-two samplers read, every 0.2 s, every command line of the controller (`ps -eo args`: all
+two samplers read, every 0.2 s, every command line of the controller (`ps -ww -eo args`: all
 processes of the machine) and of the host (`/proc/*/cmdline`, through `docker exec`). No sample
 and no line of its output may hold the broker's password (plain or URL-encoded), Flower's
 password or the key, old or new. The rotation must make the host pending and restart its
@@ -116,7 +116,9 @@ def rotated(host, inventory, tmp_path_factory):
         }
     )
     before = main_pids(host)
-    controller = Sampler(["ps", "-eo", "args"])
+    # -ww: whole command lines, whatever COLUMNS says (under Molecule ps cut them at 80
+    # characters, and a secret further on would have gone unseen)
+    controller = Sampler(["ps", "-ww", "-eo", "args"])
     on_host = Sampler(
         ["docker", "exec", CONTAINER, "sh", "-c", "cat /proc/[0-9]*/cmdline; echo"],
     )
@@ -143,12 +145,13 @@ def test_the_samplers_saw_the_deploy(rotated):
     host, and the host's samples caught the modules Ansible ran there."""
     controller, on_host = rotated["controller"], rotated["on_host"]
     assert len(controller) > 20 and len(on_host) > 20, (len(controller), len(on_host))
-    # Ansible reaches the host over SSH (Molecule's inventory): its ssh client names the address
+    # Ansible reaches the host over SSH (Molecule's inventory): its ssh client's command line
+    # names the address after some 600 characters of options, so whole lines were sampled
     address = rotated["address"]
     assert any(
         "ansible-playbook" in s and re.search(rf"\bssh .* {re.escape(address)} ", s)
         for s in controller
-    )
+    ), f"no sample shows Ansible's ssh command to {address}"
     assert sum("BECOME-SUCCESS" in s for s in on_host) > 3, on_host[-1][-2000:]
     # -vvv shows each command Ansible runs, and the controller's import of the app ran
     out = rotated["proc"].stdout
