@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +23,25 @@ def role_defaults() -> dict[str, Any]:
 DEFAULTS = role_defaults()
 
 
+def regex_replace(value: Any, pattern: str = "", replacement: str = "") -> str:
+    """Ansible's filter of that name, as the defaults use it (issue 22: redis_announce_address)."""
+    return re.sub(pattern, replacement, str(value))
+
+
+ENVIRONMENT = jinja2.Environment(undefined=jinja2.StrictUndefined)
+ENVIRONMENT.filters["regex_replace"] = regex_replace
+
+
 def settings(**inventory: Any) -> dict[str, Any]:
     """The defaults under `inventory`, each default that is a template rendered against the
-    result (celery_app_user: "{{ celery_app_name }}"); those that need more (role_path) dropped."""
+    result (celery_app_user: "{{ celery_app_name }}"); those that need more (role_path, the
+    inventory's groups: redis_nodes, hence redis_primary) dropped."""
     values = {**DEFAULTS, **inventory}
     for name, value in DEFAULTS.items():
         if name in inventory or not (isinstance(value, str) and "{{" in value):
             continue
         try:
-            values[name] = (
-                jinja2.Environment(undefined=jinja2.StrictUndefined)
-                .from_string(value)
-                .render(values)
-            )
+            values[name] = ENVIRONMENT.from_string(value).render(values)
         except jinja2.UndefinedError:
             del values[name]
     return values

@@ -700,6 +700,11 @@ WRONG_TYPES = [
     ("redis_firewall_enabled", "perhaps", "str", "bool"),
     ("redis_firewall_allowed", {"10.0.0.2": True}, "dict", "list"),
     ("redis_extra_config", {"io-threads": 4}, "dict", "list"),
+    # issue 22: a replicated broker's numbers (their values: REPLICATED_CASES below)
+    ("redis_sentinel_port", "high", "str", "int"),
+    ("redis_sentinel_quorum", "most", "str", "int"),
+    ("redis_sentinel_down_after_ms", "soon", "str", "int"),
+    ("redis_sentinel_failover_timeout_ms", "later", "str", "int"),
 ]
 CASES += [
     (
@@ -996,6 +1001,125 @@ CASES += [
 ]
 NO_REFUSAL["prometheus_output_dir"] = "any folder on the controller (monitoring.yml creates it)"
 
+# issue 22: a replicated broker. On this single-broker inventory: redis_nodes and redis_primary
+# set to other hosts than the group broker's.
+CASES += [
+    (
+        "redis-nodes-not-the-broker-group",
+        {"redis_nodes": ["vm1", "vm2", "vm3"]},
+        {},
+        "redis_nodes on vm1 is ['vm1', 'vm2', 'vm3'], not the hosts of the group broker (vm1): "
+        "every broker host is a node and no other host is",
+    ),
+    (
+        "redis-primary-not-a-broker-host",
+        {"redis_primary": "vm2"},
+        {},
+        "redis_primary on vm1 is 'vm2', not a host of the group broker (vm1): name the one to be "
+        "the primary on the first deploy",
+    ),
+]
+# The other cases of a replicated broker run on REPLICATED_BROKERS (each listening on
+# 10.0.0.<n>), with the secrets a replicated broker needs in group_vars/all.
+REPLICATED_BROKERS = ("vm1", "vm2", "vm3")
+REPLICATED = {
+    "redis_sentinel_password": "a-real-sentinel-$(pw)&#-0123",
+    "redis_sentinel_node_password": "a-real-node-password-0123",
+    "redis_replication_password": 'a replica\'s "pass word" & #04',
+}
+SENTINEL_REWRITES = (
+    "Sentinel rewrites its configuration file itself and writes this value back unquoted, so a "
+    "space or a quote would stop the sentinel at its next start"
+)
+REPLICATED_CASES = [
+    (
+        "replicated-quoted-sentinel-password",
+        {"redis_sentinel_password": 'sentinel-"quoted"-password-0123'},
+        {},
+        f"redis_sentinel_password on {ALL} holds a double quote: {SENTINEL_REWRITES}. Choose a "
+        "password of printable ASCII without a space or a quote",
+    ),
+    (
+        "replicated-sentinel-node-password-sample",
+        {"redis_sentinel_node_password": "CHANGE-ME-node-password-0123"},
+        {},
+        f"redis_sentinel_node_password on {ALL} still holds a sample value",
+    ),
+    (
+        "replicated-replication-password-empty",
+        {"redis_replication_password": ""},
+        {},
+        f"redis_replication_password on {ALL} is empty: set it (at least 16 characters)",
+    ),
+    (
+        "replicated-master-name-with-a-space",
+        {"redis_sentinel_master_name": "celery main"},
+        {},
+        f"redis_sentinel_master_name on {ALL} is 'celery main': the sentinels' name of the "
+        "primary (the clients' master_name) is one word of letters, digits, '.', '_' and '-'",
+    ),
+    (
+        "replicated-sentinel-user-is-the-admin",
+        {"redis_sentinel_node_user": "admin"},
+        {},
+        f"redis_sentinel_node_user on {ALL} is 'admin': the sentinels log in to every node as a "
+        "Redis user of their own",
+    ),
+    (
+        "replicated-replication-user-default",
+        {"redis_replication_user": "default"},
+        {},
+        f"redis_replication_user on {ALL} is 'default': the replicas log in to the primary as a "
+        "Redis user of their own",
+    ),
+    (
+        "replicated-announce-address-not-listened-on",
+        {},
+        {"vm2": {"redis_announce_address": "10.0.0.9"}},
+        "redis_announce_address on vm2 is 10.0.0.9, an address Redis does not listen on there "
+        "(redis_bind_addresses: 127.0.0.1, 10.0.0.2)",
+    ),
+    (
+        "replicated-quorum-no-majority",
+        {"redis_sentinel_quorum": 1},
+        {},
+        f"redis_sentinel_quorum on {ALL} is 1: with 3 nodes give 0 (a majority, 2) or a number "
+        "from 2 to 3",
+    ),
+    (
+        "replicated-sentinel-port-is-redis-port",
+        {"redis_sentinel_port": 6379},
+        {},
+        f"redis_sentinel_port on {ALL} is 6379, which redis_port takes on this host",
+    ),
+    (
+        "replicated-down-after-zero",
+        {"redis_sentinel_down_after_ms": 0},
+        {},
+        f"redis_sentinel_down_after_ms on {ALL} is 0: Sentinel refuses a time of 0 or less",
+    ),
+    (
+        "replicated-failover-timeout-zero",
+        {"redis_sentinel_failover_timeout_ms": 0},
+        {},
+        f"redis_sentinel_failover_timeout_ms on {ALL} is 0: Sentinel refuses a time of 0 or less",
+    ),
+    (
+        "replicated-maxmemory-differs",
+        {},
+        {"vm3": {"redis_maxmemory": "512mb"}},
+        "redis_maxmemory on vm3 is '512mb' there but '0' on vm1 and vm2: every node of a "
+        "replicated broker needs the same value",
+    ),
+    (
+        "replicated-password-differs",
+        {},
+        {"vm3": {"redis_password": "another-admin-password-0123"}},
+        "redis_password on vm3 is not the one vm1 and vm2 have: every node of a replicated "
+        "broker needs the same value",
+    ),
+]
+
 VALIDATION_PLAY = "Validate the inventory before any host is changed"
 
 
@@ -1013,9 +1137,13 @@ def refusal(stdout: str) -> list[str]:
     return [line for line in lines[first:recap] if line.strip()]
 
 
-def write_inventory(tmp_path: Path, overrides: dict, host_vars: dict | None = None) -> Path:
+def write_inventory(
+    tmp_path: Path, overrides: dict, host_vars: dict | None = None, brokers: tuple = ("vm1",)
+) -> Path:
     """vm1, vm2 and vm3 run workers and Flower; vm1 also Redis, listening on 10.0.0.1, and beat.
-    `overrides` go to group_vars/all, `host_vars` (by host) over the fixture's host_vars."""
+    `overrides` go to group_vars/all, `host_vars` (by host) over the fixture's host_vars.
+    `brokers`: the group broker (issue 22: several hosts are a replicated broker, each listening
+    on 10.0.0.<n>, with the secrets of REPLICATED)."""
     connection = {
         "ansible_connection": "community.docker.docker",
         "ansible_host": "celery-toolkit-bad-input-does-not-exist",
@@ -1027,13 +1155,15 @@ def write_inventory(tmp_path: Path, overrides: dict, host_vars: dict | None = No
         "vm2": {"celery_workers_beat_enabled": False},
         "vm3": {"celery_workers_beat_enabled": False},
     }
+    for host in brokers:
+        own[host]["redis_bind_addresses"] = ["127.0.0.1", f"10.0.0.{host[-1]}"]
     for host, variables in (host_vars or {}).items():
         own[host] = {**own[host], **variables}
     inventory = {
         "all": {
             "hosts": hosts,
             "children": {
-                "broker": {"hosts": {"vm1": None}},
+                "broker": {"hosts": dict.fromkeys(brokers)},
                 "celery_workers": {"hosts": workers},
                 "flower": {"hosts": workers},
             },
@@ -1042,7 +1172,10 @@ def write_inventory(tmp_path: Path, overrides: dict, host_vars: dict | None = No
     (tmp_path / "group_vars").mkdir()
     (tmp_path / "host_vars").mkdir()
     (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inventory))
-    (tmp_path / "group_vars/all.yml").write_text(yaml.safe_dump({**SOUND, **overrides}))
+    replicated = REPLICATED if len(brokers) > 1 else {}
+    (tmp_path / "group_vars/all.yml").write_text(
+        yaml.safe_dump({**SOUND, **replicated, **overrides})
+    )
     for host, variables in own.items():
         (tmp_path / f"host_vars/{host}.yml").write_text(yaml.safe_dump(variables))
     return tmp_path
@@ -1187,6 +1320,11 @@ def case_groups(cases: list[tuple]) -> list[list[tuple]]:
 
 GROUPS = case_groups(CASES)
 GROUP_OF = {case[0]: number for number, group in enumerate(GROUPS) for case in group}
+# issue 22: the cases of a replicated broker, grouped alike on their own inventory
+REPLICATED_GROUPS = case_groups(REPLICATED_CASES)
+REPLICATED_GROUP_OF = {
+    case[0]: number for number, group in enumerate(REPLICATED_GROUPS) for case in group
+}
 
 
 def merged(group: list[tuple]) -> tuple[dict, dict]:
@@ -1201,14 +1339,20 @@ def merged(group: list[tuple]) -> tuple[dict, dict]:
 
 @pytest.fixture(scope="session")
 def group_run(tmp_path_factory):
-    """Group number -> its run (once per pytest process: xdist keeps a group on one worker)."""
-    runs: dict[int, subprocess.CompletedProcess] = {}
+    """Group number -> its run (once per pytest process: xdist keeps a group on one worker);
+    `replicated`: a group of REPLICATED_CASES, on the inventory of REPLICATED_BROKERS."""
+    runs: dict[tuple[bool, int], subprocess.CompletedProcess] = {}
 
-    def run(number: int) -> subprocess.CompletedProcess:
-        if number not in runs:
-            folder = tmp_path_factory.mktemp(f"bad-input-group-{number}")
-            runs[number] = deploy(write_inventory(folder, *merged(GROUPS[number])))
-        return runs[number]
+    def run(number: int, replicated: bool = False) -> subprocess.CompletedProcess:
+        if (replicated, number) not in runs:
+            kind = "replicated-" if replicated else ""
+            folder = tmp_path_factory.mktemp(f"bad-input-{kind}group-{number}")
+            groups = REPLICATED_GROUPS if replicated else GROUPS
+            brokers = REPLICATED_BROKERS if replicated else ("vm1",)
+            runs[replicated, number] = deploy(
+                write_inventory(folder, *merged(groups[number]), brokers=brokers)
+            )
+        return runs[replicated, number]
 
     return run
 
@@ -1241,10 +1385,62 @@ def test_bad_input_is_refused_once_before_any_host(
         assert_refused_before_any_host(proc, message)
 
 
+@pytest.mark.parametrize(
+    ("case_id", "overrides", "host_vars", "message"),
+    [
+        pytest.param(
+            *c, marks=pytest.mark.xdist_group(f"bad-input-replicated-{REPLICATED_GROUP_OF[c[0]]}")
+        )
+        for c in REPLICATED_CASES
+    ],
+    ids=[c[0] for c in REPLICATED_CASES],
+)
+def test_bad_input_of_a_replicated_broker_is_refused_once_before_any_host(
+    tmp_path, group_run, case_id, overrides, host_vars, message
+):
+    """issue 22: the group broker holds vm1, vm2 and vm3 (a primary and two replicas)."""
+    group = REPLICATED_GROUPS[REPLICATED_GROUP_OF[case_id]]
+    case = (case_id, overrides, host_vars, message)
+    proc = group_run(REPLICATED_GROUP_OF[case_id], True) if len(group) > 1 else None
+    if proc is not None and own_message_in(proc, case, group):
+        assert_refused_before_any_host(proc, message, grouped=True)
+    else:
+        inventory = write_inventory(tmp_path, overrides, host_vars, brokers=REPLICATED_BROKERS)
+        assert_refused_before_any_host(deploy(inventory), message)
+
+
+def test_a_sound_replicated_broker_is_refused_only_for_its_workers_urls(tmp_path):
+    """The control case of REPLICATED_CASES: three broker hosts with the secrets a replicated
+    broker needs; the workers' URL naming one node is the one refusal, said once for the three
+    worker hosts (the toolkit does not point the app at the sentinels yet, issue 22)."""
+    proc = deploy(write_inventory(tmp_path, {}, brokers=REPLICATED_BROKERS))
+    assert_refused_before_any_host(
+        proc,
+        "celery_app_broker_url on vm1, vm2 and vm3 names one node of a replicated broker (3 "
+        "hosts in broker), a read-only replica after a failover;",
+    )
+
+
+def test_an_even_number_of_broker_hosts_is_refused_once_before_any_host(tmp_path):
+    """issue 22: two broker hosts cannot elect a new primary when one is lost."""
+    proc = deploy(write_inventory(tmp_path, {}, brokers=("vm1", "vm2")))
+    assert_refused_before_any_host(
+        proc,
+        "redis_nodes on vm1 and vm2 holds 2 nodes (vm1 and vm2): a replicated broker needs an "
+        "odd number of them, at least 3, as each node runs a sentinel and a majority of the "
+        "sentinels elects the new primary: 2 nodes cannot elect one when one is lost, 4 "
+        "tolerate no more loss than 3. Put 3 (or 5) hosts in the group broker, or one for a "
+        "broker without replicas.",
+    )
+
+
 def test_the_groups_keep_the_matrix_and_share_no_variable():
     """Every case is in one group; no two cases of a group set the same variable."""
     assert sorted(c[0] for group in GROUPS for c in group) == sorted(c[0] for c in CASES)
-    for group in GROUPS:
+    assert sorted(c[0] for group in REPLICATED_GROUPS for c in group) == sorted(
+        c[0] for c in REPLICATED_CASES
+    )
+    for group in GROUPS + REPLICATED_GROUPS:
         names = [name for case in group for name in case_variables(case)]
         assert len(names) == len(set(names)), [c[0] for c in group]
 
@@ -1260,8 +1456,13 @@ def role_variables() -> dict[str, str]:
 
 def test_every_variable_of_every_role_has_a_refusal_case():
     """A variable added to a role gets its case here (or a reason it has none in NO_REFUSAL)."""
-    tried = {name for _, overrides, _, _ in CASES for name in overrides}
-    tried |= {name for _, _, host_vars, _ in CASES for v in host_vars.values() for name in v}
+    tried = {name for _, overrides, _, _ in CASES + REPLICATED_CASES for name in overrides}
+    tried |= {
+        name
+        for _, _, host_vars, _ in CASES + REPLICATED_CASES
+        for v in host_vars.values()
+        for name in v
+    }
     missing = [
         f"{name} ({role})"
         for name, role in role_variables().items()

@@ -40,6 +40,10 @@ from ansible_collections.celery_toolkit.stack.plugins.filter.celery_secrets impo
     result_backend_errors,
     secret_errors,
 )
+from ansible_collections.celery_toolkit.stack.plugins.filter.celery_sentinel import (  # issue 22
+    SENTINEL_VARIABLES,
+    sentinel_errors,
+)
 from ansible_collections.celery_toolkit.stack.plugins.filter.celery_stranded import (  # issue 21
     move_into_errors,
 )
@@ -145,6 +149,8 @@ RULE_VARIABLES += [
     # what the scrape configuration reads of the exporters' roles (h2, h3 may list them too)
     *(f"{role}_{what}" for role in EXPORTER_ROLES for what in ("enabled", "address", "port")),
 ]
+# issue 22: a replicated broker
+RULE_VARIABLES += SENTINEL_VARIABLES
 
 
 def celery_rule_variables(defined: Iterable[str]) -> list[str]:
@@ -375,6 +381,7 @@ def celery_inventory_errors(groups: Mapping[str, Iterable[str]], settings: Setti
         found += environment_errors(host, settings[host]["celery_app_environment"])
         found += result_backend_errors(host, settings[host]["celery_app_result_backend"])
     found += package_exporter_errors(brokers, workers, settings)
+    found += sentinel_errors(brokers, settings, flowers, workers)  # issue 22
     # issue 20: prometheus
     for host in prometheus_hosts(groups):
         found += prometheus_setting_errors(host, settings[host])

@@ -23,6 +23,10 @@ MINIMUM_LENGTH = {
     "celery_app_broker_url": 10,
     "flower_basic_auth_user": 1,
     "flower_basic_auth_password": 12,
+    # issue 22: a replicated broker's (plugins/filter/celery_sentinel.py asks for them)
+    "redis_sentinel_password": 16,
+    "redis_sentinel_node_password": 16,
+    "redis_replication_password": 16,
 }
 # Values that mark a sample secret: inventories/example's placeholders and the sandbox's.
 PLACEHOLDERS = ("change-me", "changeme", "not-secret", "sandbox-")
