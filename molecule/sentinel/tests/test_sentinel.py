@@ -18,7 +18,7 @@ import pytest
 from celery_quote import redis_config_quote as quote
 from playbook_runner import play_recap, record_figure, run_playbook, wait_for
 
-NODES = {f"sentinel-broker-{n}": f"172.30.78.{10 + n}" for n in (1, 2, 3)}
+NODES = {f"sentinel-broker-{n}": f"172.30.80.{10 + n}" for n in (1, 2, 3)}
 BY_ADDRESS = {address: node for node, address in NODES.items()}
 ADMIN = ("admin", "sentinel-scenario-admin-password-01")
 SENTINEL_PASSWORD = "sentinel-scenario-$(pw)&#02"
