@@ -1018,15 +1018,37 @@ CASES += [
         "redis_primary on vm1 is 'vm2', not a host of the group broker (vm1): name the one to be "
         "the primary on the first deploy",
     ),
+    (
+        "sentinel-url-with-a-single-broker",
+        {"celery_app_broker_url": "sentinel://:a-real-broker-secret-0123456789@/0"},
+        {},
+        f"celery_app_broker_url on {ALL} uses sentinel://, which is for a replicated broker "
+        "(three or more hosts in the group broker, which holds 1): with one broker host write "
+        "redis://USER:PASSWORD@HOST:PORT/DB",
+    ),
+    (
+        "sentinel-result-backend-with-a-single-broker",
+        {"celery_app_result_backend": "sentinel://:a-real-broker-secret-0123456789@/1"},
+        {},
+        f"celery_app_result_backend on {ALL} uses sentinel://, which is for a replicated broker "
+        "(three or more hosts in the group broker, which holds 1)",
+    ),
 ]
 # The other cases of a replicated broker run on REPLICATED_BROKERS (each listening on
-# 10.0.0.<n>), with the secrets a replicated broker needs in group_vars/all.
+# 10.0.0.<n>), with the secrets a replicated broker needs in group_vars/all and the app's URL in
+# the host-less Sentinel form (the toolkit names the sentinels; Flower's URL is the app's).
 REPLICATED_BROKERS = ("vm1", "vm2", "vm3")
 REPLICATED = {
     "redis_sentinel_password": "a-real-sentinel-$(pw)&#-0123",
     "redis_sentinel_node_password": "a-real-node-password-0123",
     "redis_replication_password": 'a replica\'s "pass word" & #04',
+    "celery_app_broker_url": "sentinel://:a-real-broker-secret-0123456789@/0",
 }
+HOST_LEFT_OUT = (
+    "leave the host out and write one part, sentinel://USER:PASSWORD@/DB: the toolkit writes "
+    "one part per broker node itself (its redis_announce_address and redis_sentinel_port), so "
+    "the app follows the primary through every failover."
+)
 SENTINEL_REWRITES = (
     "Sentinel rewrites its configuration file itself and writes this value back unquoted, so a "
     "space or a quote would stop the sentinel at its next start"
@@ -1117,6 +1139,61 @@ REPLICATED_CASES = [
         {"vm3": {"redis_password": "another-admin-password-0123"}},
         "redis_password on vm3 is not the one vm1 and vm2 have: every node of a replicated "
         "broker needs the same value",
+    ),
+    # the app's and Flower's URLs go through the sentinels
+    (
+        "replicated-broker-url-names-one-node",
+        {"celery_app_broker_url": "redis://:a-real-broker-secret-0123456789@10.0.0.1:6379/0"},
+        {},
+        f"celery_app_broker_url on {ALL} names one node of the replicated broker (3 hosts in "
+        "broker), a read-only replica after a failover: write it as sentinel://USER:PASSWORD@/DB "
+        "(sentinel://:PASSWORD@/DB for Redis's default user), without a host (the password "
+        "URL-encoded): the toolkit names every sentinel of the broker group.",
+    ),
+    (
+        "replicated-flower-broker-url-with-a-host",
+        {"flower_broker_url": "sentinel://:a-real-broker-secret-0123456789@10.0.0.1:26379/0"},
+        {},
+        f"flower_broker_url on {ALL} names a sentinel's address: {HOST_LEFT_OUT}",
+    ),
+    (
+        "replicated-result-backend-wrong-password",
+        {"celery_app_result_backend": "sentinel://:not-the-broker-secret-0123@/1"},
+        {},
+        f"celery_app_result_backend on {ALL} authenticates as Redis's default user with a "
+        f"password that is not redis_password of {ALL}: write the URL as "
+        "sentinel://:{{ vault_redis_password | urlencode | replace('/', '%2F') }}@/DB, or as a "
+        "user of redis_acl_users.",
+    ),
+    (
+        "replicated-broker-url-database-out-of-range",
+        {"celery_app_broker_url": "sentinel://:a-real-broker-secret-0123456789@/16"},
+        {},
+        f"celery_app_broker_url on {ALL} names the database '16', but Redis on {ALL} has "
+        "databases 0 to 15 (redis_databases): end the URL with /0 (or another of those).",
+    ),
+    (
+        "replicated-flower-broker-url-without-a-database",
+        {"flower_broker_url": "sentinel://:a-real-broker-secret-0123456789@"},
+        {},
+        f"flower_broker_url on {ALL} names no database: end it with /0 (or another database of "
+        "redis_databases), as in sentinel://USER:PASSWORD@/0.",
+    ),
+    (
+        "replicated-result-backend-names-one-node",
+        {"celery_app_result_backend": "redis://:a-real-broker-secret-0123456789@10.0.0.2:6379/1"},
+        {},
+        f"celery_app_result_backend on {ALL} names one node of the replicated broker (3 hosts in "
+        "broker), a read-only replica after a failover",
+    ),
+    (
+        "replicated-broker-url-several-parts",
+        {
+            "celery_app_broker_url": "sentinel://:a-real-broker-secret-0123456789@10.0.0.1:26379/0;"
+            "sentinel://:a-real-broker-secret-0123456789@10.0.0.2:26379/0"
+        },
+        {},
+        f"celery_app_broker_url on {ALL} holds several parts (';'): {HOST_LEFT_OUT}",
     ),
 ]
 
@@ -1409,16 +1486,26 @@ def test_bad_input_of_a_replicated_broker_is_refused_once_before_any_host(
         assert_refused_before_any_host(deploy(inventory), message)
 
 
-def test_a_sound_replicated_broker_is_refused_only_for_its_workers_urls(tmp_path):
+def test_a_sound_replicated_broker_passes_validation(tmp_path):
     """The control case of REPLICATED_CASES: three broker hosts with the secrets a replicated
-    broker needs; the workers' URL naming one node is the one refusal, said once for the three
-    worker hosts (the toolkit does not point the app at the sentinels yet, issue 22)."""
-    proc = deploy(write_inventory(tmp_path, {}, brokers=REPLICATED_BROKERS))
-    assert_refused_before_any_host(
-        proc,
-        "celery_app_broker_url on vm1, vm2 and vm3 names one node of a replicated broker (3 "
-        "hosts in broker), a read-only replica after a failover;",
-    )
+    broker needs, the workers (and Flower, through them) on the host-less Sentinel URL, a
+    result backend on it too: no refusal, the deploy goes on (and fails to reach its
+    non-existent hosts, as the single broker's control case)."""
+    overrides = {"celery_app_result_backend": "sentinel://:a-real-broker-secret-0123456789@/1"}
+    proc = deploy(write_inventory(tmp_path, overrides, brokers=REPLICATED_BROKERS))
+    assert len(plays(proc.stdout)) > 1, proc.stdout[-3000:]
+    assert "No such container: celery-toolkit-bad-input-does-not-exist" in proc.stdout
+
+
+def test_a_sound_replicated_broker_passes_validation_with_flower_on_an_acl_user(tmp_path):
+    """Flower's URL of its own, as an ACL user of the broker, through the sentinels."""
+    overrides = {
+        "redis_acl_users": [{"name": "flower", "password": "a-real-flower-broker-0123"}],
+        "flower_broker_url": "sentinel://flower:a-real-flower-broker-0123@/0",
+    }
+    proc = deploy(write_inventory(tmp_path, overrides, brokers=REPLICATED_BROKERS))
+    assert len(plays(proc.stdout)) > 1, proc.stdout[-3000:]
+    assert "No such container: celery-toolkit-bad-input-does-not-exist" in proc.stdout
 
 
 def test_an_even_number_of_broker_hosts_is_refused_once_before_any_host(tmp_path):

@@ -16,6 +16,7 @@ import yaml
 from ansible_collections.celery_toolkit.stack.plugins.plugin_utils.celery_common import once
 from role_settings import settings
 
+from celery_broker import celery_broker_endpoint
 from celery_inventory import RULE_VARIABLES, celery_inventory_errors
 from celery_secrets import MINIMUM_LENGTH
 from celery_sentinel import (
@@ -27,6 +28,7 @@ from celery_sentinel import (
     celery_sentinel_node_errors,
     sentinel_errors,
 )
+from celery_tls import celery_tls_errors
 
 ROOT = Path(__file__).resolve().parent.parent
 NODES = ["b1", "b2", "b3"]
@@ -90,27 +92,6 @@ def test_a_sound_three_node_broker_gives_no_refusal():
 def test_a_sound_three_node_broker_passes_every_rule_of_the_inventory():
     """Through celery_inventory_errors (the playbook's entry), with no worker yet."""
     assert celery_inventory_errors({"broker": NODES}, broker()) == []
-
-
-def test_workers_of_a_replicated_broker_are_refused_until_the_app_goes_through_the_sentinels():
-    """A worker and Flower host: the app's URL names one node, a read-only replica after a
-    failover; the toolkit does not generate the sentinels' URL yet (issue 22)."""
-    fleet = broker()
-    fleet["w1"] = settings(
-        celery_app_broker_url=f"redis://shop:{APP_PASSWORD}@10.0.0.1:6379/0",
-        flower_broker_url=f"redis://shop:{APP_PASSWORD}@10.0.0.1:6379/0",
-        flower_basic_auth_user="ops",
-        flower_basic_auth_password="a-real-flower-secret-42",
-        celery_app_environment={},
-        ansible_host="w1",
-    )
-    groups = {"broker": NODES, "celery_workers": ["w1"], "flower": ["w1"]}
-    found = celery_inventory_errors(groups, fleet)
-    assert [line.split(" names ")[0] for line in found] == [
-        "celery_app_broker_url on w1",
-        "flower_broker_url on w1",
-    ], found
-    assert all("does not point the app at the sentinels yet" in line for line in found)
 
 
 def test_five_nodes_pass():
@@ -662,3 +643,391 @@ def test_the_preflight_counts_redis_nodes():
 def test_the_preflight_of_a_single_node_checks_nothing():
     hv = settings(redis_nodes=["b1"], redis_tls_enabled=True, redis_sentinel_port=6379)
     assert celery_sentinel_node_errors(hv, "b1") == []
+
+
+# --- rule 11: the app's and Flower's URLs go through the sentinels -------------------------------
+
+SENTINEL_URL = f"sentinel://shop:{APP_PASSWORD}@/0"
+URL_VARS = ["celery_app_broker_url", "flower_broker_url", "celery_app_result_backend"]
+HOST_LEFT_OUT = (
+    ": leave the host out and write one part, sentinel://USER:PASSWORD@/DB: the toolkit writes "
+    "one part per broker node itself (its redis_announce_address and redis_sentinel_port), so "
+    "the app follows the primary through every failover."
+)
+
+
+def client(**inventory) -> dict:
+    """A worker and Flower host whose URLs all go through the sentinels (the result backend on
+    database 1), as a user of redis_acl_users."""
+    values = {
+        "celery_app_broker_url": SENTINEL_URL,
+        "flower_broker_url": SENTINEL_URL,
+        "celery_app_result_backend": f"sentinel://shop:{APP_PASSWORD}@/1",
+        "flower_basic_auth_user": "ops",
+        "flower_basic_auth_password": "a-real-flower-secret-42",
+        "celery_app_environment": {},
+        **inventory,
+    }
+    return settings(**values)
+
+
+def fleet_with_clients(hosts=("w1",), nodes=NODES, common=None, **inventory) -> tuple:
+    """The broker `nodes` (their settings: `common`) and worker and Flower `hosts`."""
+    common = common or {}
+    if len(nodes) > 1:
+        fleet = broker(list(nodes), **common)
+    else:  # one broker host (or none)
+        fleet = {host: node(1, list(nodes), **common) for host in nodes}
+    fleet.update({host: client(ansible_host=host, **inventory) for host in hosts})
+    groups = {"broker": list(nodes), "celery_workers": list(hosts), "flower": list(hosts)}
+    return fleet, groups
+
+
+def every_refusal(fleet: dict, groups: dict) -> list[str]:
+    """What validate.yml says: the inventory's rules and the TLS rules."""
+    return celery_inventory_errors(groups, fleet) + celery_tls_errors(groups, fleet)
+
+
+def test_the_host_less_sentinel_form_passes_every_rule_of_the_inventory():
+    """The app, Flower and the result backend through the sentinels, as an ACL user: no refusal
+    at all (the inventory's rules and the TLS rules)."""
+    assert every_refusal(*fleet_with_clients()) == []
+
+
+def test_the_default_user_in_the_sentinel_form_passes_with_its_password_url_encoded():
+    password = quote(SECRETS["redis_password"], safe="")
+    url = f"sentinel://:{password}@/0"
+    fleet, groups = fleet_with_clients(
+        common={"redis_default_user_enabled": True},
+        celery_app_broker_url=url,
+        flower_broker_url=url,
+        celery_app_result_backend=url.replace("/0", "/2"),
+    )
+    assert every_refusal(fleet, groups) == []
+
+
+def test_an_acl_password_with_reserved_characters_passes_url_encoded():
+    password = "shop pass/with?#@;%'\"$(x)`"
+    url = f"sentinel://shop:{quote(password, safe='')}@/0"
+    fleet, groups = fleet_with_clients(
+        common={"redis_acl_users": [{"name": "shop", "password": password}]},
+        celery_app_broker_url=url,
+        flower_broker_url="",
+        celery_app_result_backend="",
+    )
+    assert every_refusal(fleet, groups) == []
+
+
+def test_the_sentinel_form_with_a_query_passes():
+    fleet, groups = fleet_with_clients(celery_app_broker_url=f"{SENTINEL_URL}?socket_timeout=5")
+    assert every_refusal(fleet, groups) == []
+
+
+@pytest.mark.parametrize("var", URL_VARS)
+@pytest.mark.parametrize("scheme", ["redis", "rediss"])
+def test_a_url_naming_one_node_is_refused_once(var, scheme):
+    """Whatever it names (a node, a node with the wrong password, a TLS URL): one refusal, that
+    it names one node, with the form to write; the broker URL rules and the TLS rules say
+    nothing more of it."""
+    url = f"{scheme}://shop:wrong-password-0123@10.0.0.1:6379/0?ssl_cert_reqs=none"
+    fleet, groups = fleet_with_clients(**{var: url})
+    assert every_refusal(fleet, groups) == [
+        f"{var} on w1 names one node of the replicated broker (3 hosts in broker), a read-only "
+        "replica after a failover: write it as sentinel://USER:PASSWORD@/DB "
+        "(sentinel://:PASSWORD@/DB for Redis's default user), without a host (the password "
+        "URL-encoded): the toolkit names every sentinel of the broker group."
+    ]
+
+
+def test_one_refusal_names_every_host_sharing_the_url():
+    url = f"redis://shop:{APP_PASSWORD}@10.0.0.1:6379/0"
+    fleet, groups = fleet_with_clients(("w1", "w2", "w3"), celery_app_broker_url=url)
+    found = every_refusal(fleet, groups)
+    assert len(found) == 1 and found[0].startswith(
+        "celery_app_broker_url on w1, w2 and w3 names one node of the replicated broker"
+    )
+    assert_no_secret(found)
+
+
+def test_a_url_naming_one_node_with_tls_on_is_refused_once_beside_the_nodes_tls_rule():
+    """The nodes' TLS rule says TLS is not there yet; the URL is refused for naming a node, not
+    also for its scheme or its CA."""
+    url = f"redis://shop:{APP_PASSWORD}@10.0.0.1:6379/0"
+    fleet, groups = fleet_with_clients(
+        common={"redis_tls_enabled": True}, celery_app_broker_url=url
+    )
+    found = every_refusal(fleet, groups)
+    assert [m.split(" ")[0] for m in found] == [
+        "redis_tls_enabled",
+        "celery_app_broker_url",
+        "redis_tls_cert_file",
+        "redis_tls_key_file",
+        "redis_tls_ca_file",
+    ], found
+    assert "names one node of the replicated broker" in found[1]
+
+
+@pytest.mark.parametrize("var", URL_VARS)
+@pytest.mark.parametrize(
+    ("url", "lead"),
+    [
+        (f"sentinel://shop:{APP_PASSWORD}@10.0.0.1:26379/0", " names a sentinel's address"),
+        (f"sentinel://shop:{APP_PASSWORD}@b1/0", " names a sentinel's address"),
+        (f"sentinel://shop:{APP_PASSWORD}@:26379/0", " names a sentinel's address"),
+        (
+            f"sentinel://shop:{APP_PASSWORD}@10.0.0.1:26379/0;"
+            f"sentinel://shop:{APP_PASSWORD}@10.0.0.2:26379/0",
+            " holds several parts (';')",
+        ),
+        (
+            f"sentinel://shop:{APP_PASSWORD}@/0;sentinel://shop:{APP_PASSWORD}@/0",
+            " holds several parts (';')",
+        ),
+    ],
+)
+def test_a_sentinel_url_with_a_host_or_several_parts_is_refused_once(var, url, lead):
+    fleet, groups = fleet_with_clients(**{var: url})
+    found = every_refusal(fleet, groups)
+    assert found == [f"{var} on w1{lead}{HOST_LEFT_OUT}"]
+    assert_no_secret(found)
+
+
+@pytest.mark.parametrize("var", URL_VARS)
+def test_a_sentinel_url_with_another_password_is_refused_never_printed(var):
+    fleet, groups = fleet_with_clients(**{var: "sentinel://shop:not-the-app-password-0123@/0"})
+    found = every_refusal(fleet, groups)
+    assert found == [
+        f"{var} on w1 authenticates as the Redis user 'shop' with a password that is not the one "
+        f"redis_acl_users gives 'shop' on {ALL} (nor its previous_password): use that password "
+        "(URL-encoded) in the URL."
+    ]
+    assert_no_secret(found, "not-the-app-password-0123")
+
+
+def test_the_previous_password_of_a_rotation_passes():
+    users = [
+        {"name": "shop", "password": "a-new-app-password-0123", "previous_password": APP_PASSWORD}
+    ]
+    fleet, groups = fleet_with_clients(common={"redis_acl_users": users})
+    assert every_refusal(fleet, groups) == []
+
+
+def test_a_sentinel_url_of_an_unknown_user_is_refused():
+    fleet, groups = fleet_with_clients(celery_app_broker_url=f"sentinel://nobody:{APP_PASSWORD}@/0")
+    assert every_refusal(fleet, groups) == [
+        "celery_app_broker_url on w1 authenticates as the Redis user 'nobody', which is not in "
+        f"redis_acl_users of {ALL} (users: shop): add it there, or use sentinel://:PASSWORD@... "
+        "with redis_password for the default user."
+    ]
+
+
+def test_the_default_user_is_refused_where_the_broker_turns_it_off():
+    password = quote(SECRETS["redis_password"], safe="")
+    fleet, groups = fleet_with_clients(celery_app_broker_url=f"sentinel://:{password}@/0")
+    found = every_refusal(fleet, groups)
+    assert found == [
+        "celery_app_broker_url on w1 logs in as Redis's default user, which is off on "
+        f"{ALL} (redis_default_user_enabled: false; redis_password is the admin user's): log in "
+        "as the app's own user of redis_acl_users, sentinel://USER:PASSWORD@/DB (the password "
+        "URL-encoded), or set redis_default_user_enabled: true for the broker."
+    ]
+
+
+def test_the_default_user_with_another_password_is_refused():
+    fleet, groups = fleet_with_clients(
+        common={"redis_default_user_enabled": True},
+        celery_app_broker_url="sentinel://:not-the-admin-password-0123@/0",
+    )
+    found = every_refusal(fleet, groups)
+    assert len(found) == 1 and found[0].startswith(
+        "celery_app_broker_url on w1 authenticates as Redis's default user with a password that "
+        f"is not redis_password of {ALL}: write the URL as sentinel://:{{{{ vault_redis_password"
+    )
+    assert_no_secret(found, "not-the-admin-password-0123")
+
+
+def test_a_secret_without_a_colon_is_refused_with_the_sentinel_form():
+    fleet, groups = fleet_with_clients(celery_app_broker_url=f"sentinel://{APP_PASSWORD}@/0")
+    found = every_refusal(fleet, groups)
+    assert found == [
+        "celery_app_broker_url on w1 has a secret before '@' but no ':' in front of it, so Redis "
+        "would read it as a user name (and print it in errors): write "
+        "sentinel://:SECRET@/DB."
+    ]
+
+
+NO_DATABASE = (
+    " names no database: end it with /0 (or another database of redis_databases), as in "
+    "sentinel://USER:PASSWORD@/0."
+)
+
+
+def no_such_database(db: str) -> str:
+    return (
+        f" names the database {db!r}, but Redis on {ALL} has databases 0 to 15 (redis_databases): "
+        "end the URL with /0 (or another of those)."
+    )
+
+
+@pytest.mark.parametrize("var", URL_VARS)
+@pytest.mark.parametrize(
+    ("tail", "said"),
+    [
+        ("/16", no_such_database("16")),
+        ("/x", no_such_database("x")),
+        ("/0/1", no_such_database("0/1")),
+        ("", NO_DATABASE),
+        ("/", NO_DATABASE),
+        ("?socket_timeout=5", NO_DATABASE),
+    ],
+)
+def test_a_database_redis_does_not_have_or_none_is_refused(var, tail, said):
+    fleet, groups = fleet_with_clients(**{var: f"sentinel://shop:{APP_PASSWORD}@{tail}"})
+    assert every_refusal(fleet, groups) == [f"{var} on w1{said}"]
+
+
+def test_a_database_within_redis_databases_passes():
+    fleet, groups = fleet_with_clients(
+        common={"redis_databases": 32},
+        celery_app_result_backend=f"sentinel://shop:{APP_PASSWORD}@/31",
+    )
+    assert every_refusal(fleet, groups) == []
+
+
+def test_a_password_not_url_encoded_is_refused_with_the_sentinel_form():
+    password = "shop pass/with?#@;%-0123"
+    fleet, groups = fleet_with_clients(
+        common={"redis_acl_users": [{"name": "shop", "password": password}]},
+        celery_app_broker_url=f"sentinel://shop:{password}@/0",
+        flower_broker_url="",
+        celery_app_result_backend="",
+    )
+    found = every_refusal(fleet, groups)
+    assert len(found) == 1, found
+    assert found[0].startswith(
+        "celery_app_broker_url on w1 carries its password without URL-encoding: "
+    )
+    encoded = "sentinel://:{{ vault_redis_password | urlencode | replace('/', '%2F') }}@/DB"
+    assert f"Write {encoded} (or USER:... for an ACL user;" in found[0]
+    assert_no_secret(found, password)
+
+
+def test_a_sentinel_url_with_a_control_character_is_refused_once():
+    """The broker URL by this rule; the result backend by result_backend_errors alone."""
+    url = f"sentinel://shop:{APP_PASSWORD}@/0\n"
+    fleet, groups = fleet_with_clients(celery_app_broker_url=url, celery_app_result_backend=url)
+    found = every_refusal(fleet, groups)
+    assert [m.split(" holds ")[0] for m in found] == [
+        "celery_app_result_backend on w1",
+        "celery_app_broker_url on w1",
+    ], found
+    assert all(" holds a newline: no URL and no environment file carries one." in m for m in found)
+
+
+def test_a_sentinel_scheme_in_capitals_is_refused():
+    fleet, groups = fleet_with_clients(celery_app_broker_url=f"Sentinel://shop:{APP_PASSWORD}@/0")
+    assert every_refusal(fleet, groups) == [
+        "celery_app_broker_url on w1 writes its scheme as 'Sentinel': write sentinel:// in "
+        "lowercase, the form the toolkit expands into one part per broker node."
+    ]
+
+
+@pytest.mark.parametrize("var", ["celery_app_broker_url", "flower_broker_url"])
+@pytest.mark.parametrize("url", ["amqp://shop:pw@10.0.0.1//", "10.0.0.1:6379"])
+def test_a_broker_url_of_another_scheme_is_refused(var, url):
+    fleet, groups = fleet_with_clients(**{var: url})
+    scheme = "'amqp'" if "://" in url else "'(none)'"
+    assert every_refusal(fleet, groups) == [
+        f"{var} on w1 uses the scheme {scheme}: the toolkit's broker is the replicated Redis it "
+        "deploys on the broker group, reached through its sentinels as "
+        "sentinel://USER:PASSWORD@/DB (sentinel://:PASSWORD@/DB for Redis's default user)."
+    ]
+
+
+@pytest.mark.parametrize("backend", ["django-db", "rpc://", "db+postgresql://u:p@db/app", ""])
+def test_a_result_backend_that_is_not_redis_passes(backend):
+    fleet, groups = fleet_with_clients(celery_app_result_backend=backend)
+    assert every_refusal(fleet, groups) == []
+
+
+def test_an_empty_flower_url_passes():
+    """Flower then reads the app's URL, which the rule checks on the worker hosts."""
+    fleet, groups = fleet_with_clients(flower_broker_url="")
+    assert every_refusal(fleet, groups) == []
+
+
+def test_a_flower_host_that_runs_no_worker_is_checked_for_its_own_url():
+    fleet, _ = fleet_with_clients(flower_broker_url="redis://shop:pw@10.0.0.1:6379/0")
+    found = refusals(fleet, NODES, flowers=["w1"], workers=[])
+    assert [m.split(" names ")[0] for m in found] == ["flower_broker_url on w1"]
+
+
+# --- rule 11 without a replicated broker: sentinel:// is refused ---------------------------------
+
+
+def single_broker_refusal(var: str, count: int) -> str:
+    return (
+        f"{var} on w1 uses sentinel://, which is for a replicated broker (three or more hosts in "
+        f"the group broker, which holds {count}): with one broker host write "
+        "redis://USER:PASSWORD@HOST:PORT/DB (redis://:PASSWORD@HOST:PORT/DB for Redis's default "
+        "user)."
+    )
+
+
+@pytest.mark.parametrize("var", URL_VARS)
+def test_a_sentinel_url_with_a_single_broker_is_refused_once(var):
+    """One refusal: broker_url_errors does not also name the scheme."""
+    urls = {
+        "celery_app_broker_url": f"redis://shop:{APP_PASSWORD}@10.0.0.1:6379/0",
+        "flower_broker_url": "",
+        "celery_app_result_backend": "",
+        var: f"sentinel://shop:{APP_PASSWORD}@/0",
+    }
+    fleet, groups = fleet_with_clients(nodes=["b1"], **urls)
+    assert every_refusal(fleet, groups) == [single_broker_refusal(var, 1)]
+
+
+def test_the_redis_form_with_a_single_broker_passes_as_before():
+    url = f"redis://shop:{APP_PASSWORD}@10.0.0.1:6379/0"
+    fleet, groups = fleet_with_clients(
+        nodes=["b1"],
+        celery_app_broker_url=url,
+        flower_broker_url=url,
+        celery_app_result_backend=url,
+    )
+    assert every_refusal(fleet, groups) == []
+
+
+def test_a_sentinel_url_without_a_broker_group_is_refused():
+    fleet, groups = fleet_with_clients(nodes=[], flower_broker_url="", celery_app_result_backend="")
+    assert every_refusal(fleet, groups) == [single_broker_refusal("celery_app_broker_url", 0)]
+
+
+# --- where a worker host consumed from (celery_broker_endpoint, issue 21) ------------------------
+
+
+def test_the_endpoint_of_the_host_less_sentinel_form():
+    assert celery_broker_endpoint(SENTINEL_URL) == {"host": "sentinel", "port": 0, "db": 0}
+    assert celery_broker_endpoint(f"sentinel://:{APP_PASSWORD}@/3")["db"] == 3
+
+
+def test_the_endpoint_of_the_expanded_sentinel_form_names_each_sentinel_sorted():
+    url = ";".join(
+        f"sentinel://shop:{quote(APP_PASSWORD)}@{address}/2"
+        for address in ("10.0.0.3:26379", "10.0.0.1:26380", "[fd00::2]:26379", "10.0.0.4")
+    )
+    endpoint = celery_broker_endpoint(url)
+    assert endpoint == {
+        "host": "sentinel:10.0.0.1:26380,10.0.0.3:26379,10.0.0.4:26379,[fd00::2]:26379",
+        "port": 0,
+        "db": 2,
+    }
+    assert "shop" not in str(endpoint) and APP_PASSWORD not in str(endpoint)
+
+
+def test_the_endpoint_of_a_redis_url_is_unchanged():
+    assert celery_broker_endpoint(f"redis://shop:{APP_PASSWORD}@10.0.0.1:6380/4") == {
+        "host": "10.0.0.1",
+        "port": 6380,
+        "db": 4,
+    }

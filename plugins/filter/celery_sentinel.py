@@ -10,8 +10,11 @@
 And the rules of a replicated broker (more than one host in the group broker):
 `sentinel_errors`, run by celery_inventory_errors (playbooks/validate.yml) before any host is
 changed, and `celery_sentinel_node_errors`, the rules one node's settings say alone, run by the
-redis role's preflight for a use of the role outside the toolkit's playbooks. A single broker
-host gets none of them. No message holds a secret.
+redis role's preflight for a use of the role outside the toolkit's playbooks. The app's and
+Flower's URLs (broker, result backend) take the host-less Sentinel form
+sentinel://USER:PASSWORD@/DB, which the toolkit expands into one part per node
+(celery_sentinel_client.py). A single broker host gets none of these rules but the refusal of a
+sentinel:// URL. No message holds a secret.
 """
 
 from __future__ import annotations
@@ -23,7 +26,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ansible.errors import AnsibleFilterError
-from ansible_collections.celery_toolkit.stack.plugins.filter.celery_broker import ANY_ADDRESS
+from ansible_collections.celery_toolkit.stack.plugins.filter.celery_broker import (
+    ANY_ADDRESS,
+    REDIS_SCHEMES,
+    sentinel_url_problems,
+    single_broker_sentinel_problem,
+    url_scheme,
+)
 from ansible_collections.celery_toolkit.stack.plugins.filter.celery_secrets import (
     ACL_NAME,
     secret_errors,
@@ -485,6 +494,37 @@ def _unique_address_errors(brokers: list[str], settings: Settings) -> list[Refus
     ]
 
 
+# The app's and Flower's URLs towards the broker: (variable, whose: workers or flowers).
+CLIENT_URLS = (
+    ("celery_app_broker_url", "workers"),
+    ("flower_broker_url", "flowers"),
+    ("celery_app_result_backend", "workers"),
+)
+
+
+def _client_url_errors(
+    brokers: list[str], settings: Settings, clients: Mapping[str, Iterable[str]]
+) -> list[Refusal]:
+    """Rule 11: with a replicated broker the app's and Flower's URLs (the result backend when it
+    is Redis's) take the host-less Sentinel form, which the toolkit expands into one part per
+    node (celery_broker.py's sentinel_url_problems); without one, sentinel:// is refused. An
+    empty URL is secret_errors' (or Flower's: the app's URL), a result backend holding a control
+    character result_backend_errors'."""
+    found: list[Refusal] = []
+    for var, whose in CLIENT_URLS:
+        for host in sorted(set(clients[whose])):
+            url = str(settings[host].get(var) or "")
+            scheme = url_scheme(url)
+            if not url or (var == "celery_app_result_backend" and scheme not in REDIS_SCHEMES):
+                continue
+            if len(brokers) < 2:
+                if scheme == "sentinel":
+                    found.append((var, host, single_broker_sentinel_problem(brokers)))
+            elif var != "celery_app_result_backend" or not control(url):
+                found += [(var, host, p) for p in sentinel_url_problems(url, brokers, settings)]
+    return found
+
+
 def sentinel_errors(
     brokers: Iterable[str],
     settings: Settings,
@@ -493,35 +533,24 @@ def sentinel_errors(
 ) -> list[Refusal]:
     """The rules of a replicated broker, when the group broker holds more than one host: see
     node_errors, and between the nodes the settings they must share, redis_nodes and
-    redis_primary against the group, an announced address each. A single broker host gets only
-    the last two (which its defaults pass): redis_nodes set to more hosts would make it a node
-    of a replicated broker alone."""
-    brokers = list(brokers)
-    if len(brokers) < 2:
-        return _membership_errors(brokers, settings)
-    flowers, workers = set(flowers), set(workers)
+    redis_primary against the group, an announced address each, and the app's and Flower's URLs
+    in the host-less Sentinel form. A single broker host gets only the membership rules (which
+    its defaults pass: redis_nodes set to more hosts would make it a node of a replicated broker
+    alone) and the refusal of a sentinel:// URL."""
+    brokers, flowers, workers = list(brokers), list(flowers), list(workers)
+    clients = {"flowers": flowers, "workers": workers}
     found = _membership_errors(brokers, settings)
+    if len(brokers) < 2:
+        return found + _client_url_errors(brokers, settings, clients)
     for host in brokers:
         hv = settings[host]
         taken = _taken_ports(hv, host in flowers, host in workers)
         found += node_errors(host, hv, brokers, taken)
     found += _same_errors(brokers, settings)
     found += _unique_address_errors(brokers, settings)
-    # The app's side through the sentinels is not generated yet: a worker or Flower given one
-    # node's address would write to a read-only replica after the first failover.
-    for var, clients in (("celery_app_broker_url", workers), ("flower_broker_url", flowers)):
-        for host in sorted(clients):
-            if settings[host].get(var):
-                found.append(
-                    (
-                        var,
-                        host,
-                        f" names one node of a replicated broker ({len(brokers)} hosts in "
-                        "broker), a read-only replica after a failover; the toolkit does not point "
-                        "the app at the sentinels yet (issue 22): use playbooks/broker.yml alone "
-                        "for such a broker, one broker host for a fleet with workers.",
-                    )
-                )
+    # A worker or Flower given one node's address would write to a read-only replica after the
+    # first failover: the clients go through the sentinels.
+    found += _client_url_errors(brokers, settings, clients)
     return found
 
 

@@ -153,11 +153,14 @@ def celery_tls_errors(
         hv = hostvars[broker]
         if truthy(hv["redis_tls_enabled"]):
             errors += _file_errors(broker, hv, REDIS_TLS_FILES, "redis_tls_enabled is true")
+    # issue 22: a replicated broker speaks no TLS yet (its nodes' rule) and its clients' URLs
+    # are celery_sentinel.py's to judge: a redis:// URL there is refused once, for naming a node.
+    replicated = len(brokers) > 1
     for worker in groups.get("celery_workers", []):
         hv = hostvars[worker]
         for name in ("celery_app_broker_url", "celery_app_result_backend"):
             url = str(hv.get(name) or "")
-            if not url:
+            if not url or replicated:
                 continue
             broker = _broker_of(url, brokers, hostvars)
             tls = truthy(hostvars[broker]["redis_tls_enabled"]) if broker else None
