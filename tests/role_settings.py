@@ -10,6 +10,8 @@ from typing import Any
 import jinja2
 import yaml
 
+from celery_sentinel_client import celery_announce_default
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -24,12 +26,14 @@ DEFAULTS = role_defaults()
 
 
 def regex_replace(value: Any, pattern: str = "", replacement: str = "") -> str:
-    """Ansible's filter of that name, as the defaults use it (issue 22: redis_announce_address)."""
+    """Ansible's filter of that name, as the defaults use it."""
     return re.sub(pattern, replacement, str(value))
 
 
 ENVIRONMENT = jinja2.Environment(undefined=jinja2.StrictUndefined)
 ENVIRONMENT.filters["regex_replace"] = regex_replace
+# the collection's filter (issue 22: redis_announce_address)
+ENVIRONMENT.filters["celery_toolkit.stack.celery_announce_default"] = celery_announce_default
 
 
 def settings(**inventory: Any) -> dict[str, Any]:

@@ -560,6 +560,7 @@ later = Celery("later")
 later.conf.result_backend_transport_options  # loaded, then configured again
 later.config_from_object(Django, namespace="CELERY")
 out["later"] = later.conf.result_backend_transport_options
+out["settings"] = [plain.conf.redis_socket_timeout, django.conf.redis_backend_health_check_interval]
 print(json.dumps(out))
 """
 
@@ -571,6 +572,10 @@ def test_the_options_merge_over_the_apps_own_however_it_configures_itself():
         "PYTHONPATH": str(FILES),
         "CELERY_TOOLKIT_BROKER_TRANSPORT_OPTIONS": json.dumps(options),
         "CELERY_TOOLKIT_RESULT_BACKEND_TRANSPORT_OPTIONS": json.dumps({"master_name": "m"}),
+        # settings of their own (the result backend's sockets), set as they are
+        "CELERY_TOOLKIT_SETTINGS": json.dumps(
+            {"redis_socket_timeout": 10, "redis_backend_health_check_interval": 5}
+        ),
     }
     proc = subprocess.run(
         [sys.executable, "-c", MERGE], env=env, capture_output=True, text=True, timeout=60
@@ -585,6 +590,7 @@ def test_the_options_merge_over_the_apps_own_however_it_configures_itself():
         "sentinel_kwargs": {"socket_timeout": 1, "password": "p"},
     }
     assert out["later"] == {"master_name": "m"}
+    assert out["settings"] == [10, 5]
 
 
 @pytest.mark.parametrize(

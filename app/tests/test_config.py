@@ -61,6 +61,10 @@ def test_overrides() -> None:
         ("redis://localhost:6379", "redis://localhost:6379/1"),
         ("rediss://h:6379/0?ssl_cert_reqs=required", "rediss://h:6379/1?ssl_cert_reqs=required"),
         ("amqp://guest@rabbit//", "amqp://guest@rabbit//"),
+        (
+            "sentinel://app:pw@10.0.0.1:26379/0;sentinel://app:pw@10.0.0.2:26379/0",
+            "sentinel://app:pw@10.0.0.1:26379/1;sentinel://app:pw@10.0.0.2:26379/1",
+        ),
     ],
 )
 def test_result_backend_derivation(broker: str, backend: str) -> None:

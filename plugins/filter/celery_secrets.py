@@ -40,6 +40,10 @@ TOOLKIT_ENV = {
     "CELERY_BROKER_URL": "from celery_app_broker_url",
     "CELERY_RESULT_BACKEND": "from celery_app_result_backend",
     "CELERY_APP_RELEASE": "the restart mark of beat and Flower",
+    # issue 22: a replicated broker's options (celery_launch.configure reads them)
+    "CELERY_TOOLKIT_BROKER_TRANSPORT_OPTIONS": "from the broker group's sentinels",
+    "CELERY_TOOLKIT_RESULT_BACKEND_TRANSPORT_OPTIONS": "from the broker group's sentinels",
+    "CELERY_TOOLKIT_SETTINGS": "from the broker group's sentinels",
     "FLOWER_ADDRESS": "from flower_address",
     "FLOWER_PORT": "from flower_port",
     "FLOWER_BASIC_AUTH": "from flower_basic_auth_user and flower_basic_auth_password",

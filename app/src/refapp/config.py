@@ -64,7 +64,7 @@ DEFAULT_VISIBILITY_TIMEOUT = 7200
 DEFAULT_PREFETCH_MULTIPLIER = 1
 RESULT_EXPIRES_SECONDS = 86400
 
-_REDIS_SCHEMES = ("redis", "rediss")
+_REDIS_SCHEMES = ("redis", "rediss", "sentinel")
 
 
 def _get_number(
@@ -93,11 +93,12 @@ def _get_float(environ: Mapping[str, str], name: str, default: float) -> float:
 
 
 def default_result_backend(broker_url: str) -> str:
-    """Return the broker URL with Redis db 1 if it is a Redis URL, else the broker URL."""
-    parts = urlsplit(broker_url)
-    if parts.scheme not in _REDIS_SCHEMES:
+    """Return the broker URL with Redis db 1 if it is a Redis URL (each part of a Sentinel URL,
+    ``sentinel://...;sentinel://...``), else the broker URL."""
+    chunks = broker_url.split(";")
+    if any(urlsplit(chunk).scheme not in _REDIS_SCHEMES for chunk in chunks):
         return broker_url
-    return urlunsplit(parts._replace(path="/1"))
+    return ";".join(urlunsplit(urlsplit(chunk)._replace(path="/1")) for chunk in chunks)
 
 
 def task_time_limit(environ: Mapping[str, str]) -> int:

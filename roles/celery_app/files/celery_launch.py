@@ -408,9 +408,13 @@ def patch() -> None:
 # settings (the environment's keys win, a nested object such as sentinel_kwargs merged key by key:
 # the inventory generated the URL they go with). An app that assigns the whole setting again
 # after its settings are loaded (app.conf.broker_transport_options = ...) replaces them.
+# CELERY_TOOLKIT_SETTINGS holds settings of their own (the result backend's socket timeouts,
+# which Celery reads from redis_socket_timeout... rather than from its transport options), set as
+# they are ("" below).
 TRANSPORT_OPTIONS = {
     "CELERY_TOOLKIT_BROKER_TRANSPORT_OPTIONS": "broker_transport_options",
     "CELERY_TOOLKIT_RESULT_BACKEND_TRANSPORT_OPTIONS": "result_backend_transport_options",
+    "CELERY_TOOLKIT_SETTINGS": "",
 }
 
 
@@ -434,17 +438,24 @@ def transport_options(environ) -> dict[str, dict]:
 
 def configure(environ=os.environ) -> None:
     """Every app this process loads takes the environment's transport options (issue 22), however
-    it configures itself: they are merged in each time Celery (re)loads an app's settings."""
+    it configures itself: they are merged in each time Celery (re)loads an app's settings. Every
+    Python of a release runs it at start (celery_launch.pth in its virtualenv, beside a copy of
+    this file): workers, beat, Flower, `<app>-run celery ...` and the toolkit's helpers alike."""
     extra = transport_options(environ)
     if not extra:
         return
     from celery.app import base
 
     original = base.Celery._load_config
+    if getattr(original, "celery_toolkit_transport", False):
+        return  # configured already: by the release's .pth file, then by the launcher
 
     def _load_config(self):
         conf = original(self)
         for setting, options in extra.items():
+            if not setting:
+                conf.update(options)
+                continue
             own = dict(conf.get(setting) or {})
             conf[setting] = {
                 **own,
@@ -457,6 +468,7 @@ def configure(environ=os.environ) -> None:
             }
         return conf
 
+    _load_config.celery_toolkit_transport = True
     base.Celery._load_config = _load_config
 
 

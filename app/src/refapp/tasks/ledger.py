@@ -17,16 +17,33 @@ from refapp.celery import app
 LEDGER_KEY = "refapp:ledger"
 
 
+# How long a count waits for the broker's Redis to answer again (a failover: a replica is
+# promoted within seconds), before the task fails.
+RETRY_SECONDS = 60.0
+
+
 @functools.cache
 def _client(url: str) -> redis.Redis:
+    if url.startswith("sentinel://"):
+        # The broker's own client: kombu asks the sentinels for the primary, again after a failover.
+        return app.connection_for_write().default_channel.client
     return redis.Redis.from_url(url)
 
 
 def record(token: str, seconds: float = 0.0) -> dict[str, Any]:
-    """Sleep ``seconds`` then count one execution of ``token``; shared by both variants."""
+    """Sleep ``seconds`` then count one execution of ``token``; shared by both variants. A count
+    the broker could not take (its primary lost, a replica not promoted yet) is tried again."""
     if seconds:
         time.sleep(seconds)
-    count = _client(app.conf.broker_url).hincrby(LEDGER_KEY, token, 1)
+    deadline = time.monotonic() + RETRY_SECONDS
+    while True:
+        try:
+            count = _client(app.conf.broker_url).hincrby(LEDGER_KEY, token, 1)
+            break
+        except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
     return {"token": token, "count": int(count)}
 
 
