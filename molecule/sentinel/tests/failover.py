@@ -1,0 +1,152 @@
+"""What the sentinel scenario's tests and tests/bench/sentinel.py do to a replicated broker under
+the reference app's load, and count: a producer on a worker VM (load_app.py) publishing a task
+every 20 ms while the primary is lost (`docker kill` of its VM) or switched over, then the
+ledger read back: tasks acknowledged to the producer but never run (lost), run twice, and the
+longest time the queues were not consumed.
+"""
+
+import json
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+from test_sentinel import NODES, container_running, in_sync, primary_of_all
+
+from playbook_runner import LEDGER, run_playbook, wait_for, wait_until_ran
+
+WORKERS = ("sentinel-worker-1", "sentinel-worker-2")
+PRODUCER = "sentinel-worker-2"
+LOAD = Path(__file__).with_name("load_app.py")
+
+
+def docker_exec(node: str, *command: str, check: bool = True) -> str:
+    proc = subprocess.run(
+        ["docker", "exec", node, *command], capture_output=True, text=True, timeout=120
+    )
+    if check:
+        assert proc.returncode == 0, f"{node}: {command}: {proc.stdout}{proc.stderr}"
+    return proc.stdout
+
+
+def units(node: str) -> dict[str, str]:
+    """The app's services on `node`: unit -> its MainPID, NRestarts and ActiveState."""
+    names = ["refapp-worker@fast", "refapp-worker@slow"]
+    if node == "sentinel-worker-1":
+        names += ["refapp-beat", "refapp-flower"]
+    found = {}
+    for name in names:
+        out = docker_exec(node, "systemctl", "show", "-p", "MainPID,NRestarts,ActiveState", name)
+        found[name] = " ".join(sorted(out.split()))
+    return found
+
+
+def all_units() -> dict[str, dict[str, str]]:
+    return {node: units(node) for node in WORKERS}
+
+
+def ledger(prefix: str) -> dict:
+    return json.loads(docker_exec(PRODUCER, "refapp-run", "python", "-c", LEDGER, prefix))
+
+
+class Load:
+    """load_app.py on the producer VM, in the background, as the app."""
+
+    def __init__(self, name: str):
+        self.prefix = f"{name}-{uuid.uuid4().hex[:8]}"
+        self.out = f"/var/tmp/load-{self.prefix}.json"
+        subprocess.run(
+            ["docker", "exec", "-i", PRODUCER, "sh", "-c", "cat > /var/tmp/load_app.py"],
+            input=LOAD.read_text(),
+            text=True,
+            check=True,
+        )
+        subprocess.run(
+            [
+                "docker",
+                "exec",
+                "-d",
+                PRODUCER,
+                "refapp-run",
+                "python",
+                "/var/tmp/load_app.py",
+                self.prefix,
+                self.out,
+            ],
+            check=True,
+        )
+        assert wait_for(lambda: len(ledger(self.prefix)["ledger"]) > 50, 60), "no load ran"
+
+    def finish(self) -> dict:
+        """Stop publishing, wait until every acknowledged task ran; the figures."""
+        docker_exec(PRODUCER, "touch", self.out + ".stop")
+        done = wait_for(
+            lambda: (
+                subprocess.run(["docker", "exec", PRODUCER, "test", "-e", self.out]).returncode == 0
+            ),
+            60,
+        )
+        assert done, "the producer did not finish"
+        result = json.loads(docker_exec(PRODUCER, "cat", self.out))
+        acked = set(result["acked"])
+        state = wait_until_ran(
+            lambda: ledger(self.prefix), len(acked), ["high", "default", "low"], 120
+        )
+        counts = state["ledger"]
+        unknown = set(counts) - {f"{self.prefix}-{i}" for i in range(result["sent"])}
+        assert not unknown, f"tokens nobody sent ran: {sorted(unknown)[:5]}"
+        return {
+            "published": result["sent"],
+            "acknowledged": len(acked),
+            "publishes_refused": result["failed"],
+            "longest_publish_gap_s": result["longest_publish_gap_s"],
+            "longest_stall_s": result["longest_stall_s"],
+            "lost": len(acked - set(counts)),
+            "ran_twice": sum(1 for n in counts.values() if n > 1),
+        }
+
+
+def kill_primary_under_load(settle_s: float = 20) -> tuple[dict, bool]:
+    """`docker kill` of the primary's VM under load: (figures, whether every worker, beat and
+    Flower kept running without a restart). Leaves the killed VM stopped."""
+    primary = primary_of_all(NODES)
+    before = all_units()
+    load = Load("kill")
+    started = time.monotonic()
+    subprocess.run(["docker", "kill", primary], check=True, capture_output=True)
+    survivors = [n for n in NODES if n != primary]
+    assert wait_for(lambda: primary_of_all(survivors) in survivors, 60), "no replica promoted"
+    promoted_s = round(time.monotonic() - started, 1)
+    time.sleep(settle_s)  # the load goes on through the new primary
+    figures = {"killed": primary, "promoted_after_s": promoted_s, **load.finish()}
+    return figures, all_units() == before
+
+
+def restart_lost_node() -> float:
+    """`docker start` of the stopped broker VM; seconds until it replicates the new primary."""
+    lost = next(n for n in NODES if not container_running(n))
+    started = time.monotonic()
+    subprocess.run(["docker", "start", lost], check=True, capture_output=True)
+    new = primary_of_all([n for n in NODES if n != lost])
+
+    def synced() -> bool:
+        try:  # (the VM's Redis does not answer while it boots)
+            return in_sync(new, [n for n in NODES if n != new])
+        except (AssertionError, subprocess.TimeoutExpired, KeyError):
+            return False
+
+    assert wait_for(synced, 120), f"{lost} did not come back as a replica of {new}"
+    return round(time.monotonic() - started, 1)
+
+
+def switchover_under_load() -> tuple[dict, bool]:
+    """playbooks/switchover.yml under load: (figures, whether every worker, beat and Flower kept
+    running without a restart)."""
+    primary = primary_of_all(NODES)
+    before = all_units()
+    load = Load("switchover")
+    proc, seconds = run_playbook("switchover.yml")
+    new = primary_of_all(NODES)
+    figures = {"from": primary, "to": new, "playbook_s": seconds, **load.finish()}
+    assert new != primary, proc.stdout[-3000:]
+    return figures, all_units() == before
