@@ -64,10 +64,17 @@ def test_the_options_name_the_primary_and_bound_every_wait():
     }
     # a half-open connection to a lost primary is given up within seconds, not minutes
     assert 0 < options["socket_timeout"] <= 10
-    assert 0 < options["health_check_interval"] <= 5
+    assert 0 < options["health_check_interval"] <= 3
     json.dumps(options)  # written to the environment file as JSON
     settings = celery_sentinel_settings(celery_sentinel_client(NODES))
     assert settings["redis_socket_timeout"] == options["socket_timeout"]
+    # a publish retries longer than a failover takes (about 7 s), not Celery's 0.6 s
+    policy = settings["task_publish_retry_policy"]
+    waits = [
+        min(policy["interval_start"] + n * policy["interval_step"], policy["interval_max"])
+        for n in range(policy["max_retries"])
+    ]
+    assert sum(waits) >= 8
 
 
 @pytest.mark.parametrize(

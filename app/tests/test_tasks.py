@@ -50,11 +50,20 @@ def test_heavy_tasks_honour_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
 class FakeRedis:
     def __init__(self) -> None:
         self.hashes: dict[str, dict[str, int]] = {}
+        self.commands: list[tuple] = []
 
     def hincrby(self, key: str, field: str, amount: int = 1) -> int:
         fields = self.hashes.setdefault(key, {})
         fields[field] = fields.get(field, 0) + amount
         return fields[field]
+
+    def hset(self, key: str, field: str, value: str) -> int:
+        self.commands.append(("HSET", key, field))
+        return 1
+
+    def execute_command(self, *args: object) -> int:
+        self.commands.append(args)
+        return 0
 
 
 def test_ledger_variants_share_one_implementation(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -69,4 +78,15 @@ def test_ledger_variants_share_one_implementation(monkeypatch: pytest.MonkeyPatc
     assert ledger.record_fast.run("tok") == {"token": "tok", "count": 1}
     assert ledger.record_slow.run("tok", seconds=0.01) == {"token": "tok", "count": 2}
     assert fake.hashes == {"refapp:ledger": {"tok": 2}}
+    assert fake.commands == []  # WAIT: with a replicated broker only
     assert urls == [app.conf.broker_url] * 2
+
+
+def test_with_a_replicated_broker_each_count_waits_for_a_replica(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = FakeRedis()
+    monkeypatch.setattr(ledger, "_client", lambda url: fake)
+    monkeypatch.setitem(app.conf, "broker_url", "sentinel://u:p@10.0.0.1:26379/0")
+    assert ledger.record_fast.run("tok") == {"token": "tok", "count": 1}
+    assert fake.commands == [("HSET", "refapp:ledger:ran", "tok"), ("WAIT", 1, 1000)]

@@ -18,6 +18,16 @@ from playbook_runner import LEDGER, run_playbook, wait_for, wait_until_ran
 WORKERS = ("sentinel-worker-1", "sentinel-worker-2")
 PRODUCER = "sentinel-worker-2"
 LOAD = Path(__file__).with_name("load_app.py")
+# Runs as the app (refapp-run python -c RAN PREFIX): when each task of PREFIX ran (the workers'
+# clock, the VMs' shared kernel's): refapp:ledger:ran, which the ledger writes with a replicated
+# broker.
+RAN = """
+import json, sys
+from refapp import app
+with app.connection_for_write() as conn:
+    ran = conn.default_channel.client.hgetall("refapp:ledger:ran")
+print(json.dumps([float(v) for k, v in ran.items() if k.decode().startswith(sys.argv[1] + "-")]))
+"""
 
 
 def docker_exec(node: str, *command: str, check: bool = True) -> str:
@@ -93,14 +103,19 @@ class Load:
             lambda: ledger(self.prefix), len(acked), ["high", "default", "low"], 120
         )
         counts = state["ledger"]
+        ran = sorted(
+            json.loads(docker_exec(PRODUCER, "refapp-run", "python", "-c", RAN, self.prefix))
+        )
+        stall = max((b - a for a, b in zip(ran, ran[1:], strict=False)), default=0.0)
         unknown = set(counts) - {f"{self.prefix}-{i}" for i in range(result["sent"])}
         assert not unknown, f"tokens nobody sent ran: {sorted(unknown)[:5]}"
         return {
             "published": result["sent"],
             "acknowledged": len(acked),
             "publishes_refused": result["failed"],
+            "refusals": result["errors"],
             "longest_publish_gap_s": result["longest_publish_gap_s"],
-            "longest_stall_s": result["longest_stall_s"],
+            "longest_stall_s": round(stall, 2),
             "lost": len(acked - set(counts)),
             "ran_twice": sum(1 for n in counts.values() if n > 1),
         }
@@ -115,7 +130,9 @@ def kill_primary_under_load(settle_s: float = 20) -> tuple[dict, bool]:
     started = time.monotonic()
     subprocess.run(["docker", "kill", primary], check=True, capture_output=True)
     survivors = [n for n in NODES if n != primary]
-    assert wait_for(lambda: primary_of_all(survivors) in survivors, 60), "no replica promoted"
+    if not wait_for(lambda: primary_of_all(survivors) in survivors, 60):
+        docker_exec(PRODUCER, "touch", load.out + ".stop")
+        raise AssertionError("no replica promoted")
     promoted_s = round(time.monotonic() - started, 1)
     time.sleep(settle_s)  # the load goes on through the new primary
     figures = {"killed": primary, "promoted_after_s": promoted_s, **load.finish()}
@@ -145,7 +162,11 @@ def switchover_under_load() -> tuple[dict, bool]:
     primary = primary_of_all(NODES)
     before = all_units()
     load = Load("switchover")
-    proc, seconds = run_playbook("switchover.yml")
+    try:
+        proc, seconds = run_playbook("switchover.yml")
+    except BaseException:
+        docker_exec(PRODUCER, "touch", load.out + ".stop")  # no producer left behind
+        raise
     new = primary_of_all(NODES)
     figures = {"from": primary, "to": new, "playbook_s": seconds, **load.finish()}
     assert new != primary, proc.stdout[-3000:]

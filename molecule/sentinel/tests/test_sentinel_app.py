@@ -50,7 +50,9 @@ def test_a_planned_switchover_under_load_loses_nothing_and_runs_nothing_twice():
     record_figure(FIGURES, "planned switchover under task load", figures)
     print(f"planned switchover under load: {figures}")
     assert kept, "a worker, beat or Flower was restarted"
-    assert (figures["lost"], figures["ran_twice"], figures["publishes_refused"]) == (0, 0, 0)
+    assert (figures["lost"], figures["ran_twice"]) == (0, 0), figures
+    # (publishes refused while the primary changes are told to the producer at once, not lost:
+    # counted, not asserted; docs/benchmarks.md)
     # the queues wait from the pause to the resume: three plays of Ansible, not a timeout
     assert figures["longest_stall_s"] < 60, figures
 

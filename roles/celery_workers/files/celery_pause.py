@@ -54,6 +54,19 @@ def pause(app, timeout: float) -> str:
     state = consumed(app)
     if not state:
         raise SystemExit("celery_pause: no worker answers: nothing to pause")
+    try:
+        return _pause(app, state, timeout)
+    except SystemExit:
+        raise
+    except Exception as exc:  # give the consumers back whatever went wrong, then say it
+        add_back(app, state)
+        raise SystemExit(
+            f"celery_pause: the pause failed ({type(exc).__name__}: {exc}); the consumers are "
+            "back, nothing was switched."
+        ) from None
+
+
+def _pause(app, state: dict[str, list[str]], timeout: float) -> str:
     nodes = sorted(state)
     deadline = time.monotonic() + timeout
     still = state
@@ -90,11 +103,16 @@ def pause(app, timeout: float) -> str:
 def resume(app, timeout: float) -> str:
     state = json.load(sys.stdin)
     deadline = time.monotonic() + timeout
+    error = ""
     while True:
         # (again each round: a worker's control connection may still be moving to the new
-        # primary, and miss a broadcast)
-        add_back(app, state)
-        now = consumed(app, sorted(state))
+        # primary, and miss a broadcast; this process's may reach the old primary through a
+        # sentinel that has not seen the switch yet: "The previous master is now a slave")
+        try:
+            add_back(app, state)
+            now = consumed(app, sorted(state))
+        except Exception as exc:  # noqa: BLE001 - a broker between two primaries: ask again
+            error, now = f" ({type(exc).__name__}: {exc})", {}
         wrong = {n: now.get(n) for n, queues in state.items() if now.get(n) != queues}
         if not wrong:
             return f"resumed {len(state)} workers, each consuming its queues again"
@@ -103,7 +121,8 @@ def resume(app, timeout: float) -> str:
                 f"{n} consumes {q or 'nothing'}, had {state[n]}" for n, q in wrong.items()
             )
             raise SystemExit(
-                f"celery_pause: after {timeout:.0f} s, workers not consuming their queues: {said}"
+                f"celery_pause: after {timeout:.0f} s, workers not consuming their queues: "
+                f"{said}{error}"
             )
         time.sleep(2)
 

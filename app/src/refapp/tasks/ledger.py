@@ -15,6 +15,7 @@ import redis
 from refapp.celery import app
 
 LEDGER_KEY = "refapp:ledger"
+RAN_KEY = "refapp:ledger:ran"
 
 
 # How long a count waits for the broker's Redis to answer again (a failover: a replica is
@@ -30,6 +31,17 @@ def _client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url)
 
 
+def _replicated(client: redis.Redis, url: str, token: str) -> None:
+    """With a replicated broker (a Sentinel URL): note when the task ran (field ``token`` of
+    ``refapp:ledger:ran``, the host's clock: the failover tests measure how long nothing ran),
+    then wait (1 s at most) until a replica has the count: one the primary took just before its
+    loss would be gone with it, and a task that ran would be counted as lost. Needs Redis's
+    WAIT (the app's ACL user: +wait)."""
+    if url.startswith("sentinel://"):
+        client.hset(RAN_KEY, token, repr(time.time()))
+        client.execute_command("WAIT", 1, 1000)
+
+
 def record(token: str, seconds: float = 0.0) -> dict[str, Any]:
     """Sleep ``seconds`` then count one execution of ``token``; shared by both variants. A count
     the broker could not take (its primary lost, a replica not promoted yet) is tried again."""
@@ -38,7 +50,9 @@ def record(token: str, seconds: float = 0.0) -> dict[str, Any]:
     deadline = time.monotonic() + RETRY_SECONDS
     while True:
         try:
-            count = _client(app.conf.broker_url).hincrby(LEDGER_KEY, token, 1)
+            client = _client(app.conf.broker_url)
+            count = client.hincrby(LEDGER_KEY, token, 1)
+            _replicated(client, app.conf.broker_url, token)
             break
         except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError):
             if time.monotonic() > deadline:
