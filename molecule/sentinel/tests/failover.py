@@ -98,7 +98,8 @@ class Load:
         )
         assert done, "the producer did not finish"
         result = json.loads(docker_exec(PRODUCER, "cat", self.out))
-        acked = set(result["acked"])
+        when = dict(result["acked"])
+        acked = set(when)
         state = wait_until_ran(
             lambda: ledger(self.prefix), len(acked), ["high", "default", "low"], 120
         )
@@ -117,6 +118,8 @@ class Load:
             "longest_publish_gap_s": result["longest_publish_gap_s"],
             "longest_stall_s": round(stall, 2),
             "lost": len(acked - set(counts)),
+            # when the lost ones were acknowledged to the producer (seconds since the epoch)
+            "lost_acknowledged_at": sorted(when[t] for t in acked - set(counts)),
             "ran_twice": sum(1 for n in counts.values() if n > 1),
         }
 
@@ -127,7 +130,7 @@ def kill_primary_under_load(settle_s: float = 20) -> tuple[dict, bool]:
     primary = primary_of_all(NODES)
     before = all_units()
     load = Load("kill")
-    started = time.monotonic()
+    started, killed_at = time.monotonic(), time.time()
     subprocess.run(["docker", "kill", primary], check=True, capture_output=True)
     survivors = [n for n in NODES if n != primary]
     if not wait_for(lambda: primary_of_all(survivors) in survivors, 60):
@@ -136,12 +139,19 @@ def kill_primary_under_load(settle_s: float = 20) -> tuple[dict, bool]:
     promoted_s = round(time.monotonic() - started, 1)
     time.sleep(settle_s)  # the load goes on through the new primary
     figures = {"killed": primary, "promoted_after_s": promoted_s, **load.finish()}
+    # how long before the kill the lost tasks were acknowledged (negative: after it)
+    figures["lost_acknowledged_s_before"] = [
+        round(killed_at - at, 3) for at in figures.pop("lost_acknowledged_at")
+    ]
     return figures, all_units() == before
 
 
 def restart_lost_node() -> float:
     """`docker start` of the stopped broker VM; seconds until it replicates the new primary."""
-    lost = next(n for n in NODES if not container_running(n))
+    stopped = [n for n in NODES if not container_running(n)]
+    if not stopped:
+        return 0.0
+    lost = stopped[0]
     started = time.monotonic()
     subprocess.run(["docker", "start", lost], check=True, capture_output=True)
     new = primary_of_all([n for n in NODES if n != lost])
@@ -169,5 +179,6 @@ def switchover_under_load() -> tuple[dict, bool]:
         raise
     new = primary_of_all(NODES)
     figures = {"from": primary, "to": new, "playbook_s": seconds, **load.finish()}
+    figures.pop("lost_acknowledged_at")
     assert new != primary, proc.stdout[-3000:]
     return figures, all_units() == before

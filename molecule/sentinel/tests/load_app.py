@@ -1,7 +1,7 @@
 """A producer of the reference app's ledger tasks, run on a worker VM as the app
 (`refapp-run python load_app.py PREFIX OUT`) while the broker's primary is lost or switched
 over: it publishes a task every 20 ms (every tenth to the slow group's queue) until OUT.stop
-exists. It writes OUT (JSON): the tokens whose publish returned (acknowledged), how many
+exists. It writes OUT (JSON): the tokens whose publish returned (acknowledged) and when, how many
 publishes failed, the longest time between two acknowledged publishes. The test then reads the
 ledger: every acknowledged token must have run, once; when each ran (refapp:ledger:ran) gives
 the longest time nothing ran (the queues not consumed).
@@ -19,7 +19,7 @@ from refapp.tasks.ledger import record_fast, record_slow
 
 prefix, out = sys.argv[1], sys.argv[2]
 stop = out + ".stop"
-acked: list[str] = []
+acked: list[list] = []  # [token, when its publish returned (the VM's clock: the host's)]
 failed = 0
 errors: dict[str, int] = {}  # what the refused publishes were told
 sent = 0
@@ -39,7 +39,7 @@ while not os.path.exists(stop):
         now = time.monotonic()
         longest_publish_gap = max(longest_publish_gap, now - last_ack)
         last_ack = now
-        acked.append(token)
+        acked.append([token, time.time()])
     time.sleep(0.02)
 result = {
     "sent": sent,
