@@ -217,6 +217,65 @@ def test_a_kombu_without_what_is_patched_is_refused_with_the_fix(tmp_path):
         assert "celery_app_constraints" in text
 
 
+# issue 22: after a Sentinel failover the worker's BRPOP pops on the new primary, and the
+# bookkeeping write goes through a pooled connection that still names the lost one. Here that
+# connection's failure is made (FAIL times): the write is tried again on a new connection.
+RECORD = r"""
+import json, sys
+import redis
+from kombu import Connection, Exchange, Queue
+import celery_launch
+port, fail = int(sys.argv[1]), int(sys.argv[2])
+celery_launch.patch()
+celery_launch.RECORD_PAUSE = 0.01
+real, failed, emptied = celery_launch.run_script, [], []
+def run_script(client, text, keys, args):
+    if text == celery_launch.APPEND and len(failed) < fail:
+        failed.append(1)
+        raise redis.exceptions.ConnectionError("Error 111 connecting to the lost primary")
+    return real(client, text, keys, args)
+celery_launch.run_script = run_script
+admin = redis.Redis(port=port)
+queue = Queue("q", Exchange("q"), "q")
+out = {"seen": []}
+with Connection(f"redis://127.0.0.1:{port}/0") as conn:
+    conn.Producer().publish({"n": 1}, exchange=queue.exchange, routing_key="q", declare=[queue])
+    channel = conn.default_channel
+    disconnect = channel.pool.disconnect
+    channel.pool.disconnect = lambda *a, **k: (emptied.append(1), disconnect(*a, **k))
+    def on_message(body, message):  # after the message was recorded
+        out["seen"].append(body["n"])
+        out["emptied"] = len(emptied)
+    consumer = conn.Consumer(queue, callbacks=[on_message], accept=["json"])
+    consumer.qos(prefetch_count=1)
+    with consumer:
+        try:
+            conn.drain_events(timeout=5)
+        except Exception as exc:
+            out["error"] = type(exc).__name__
+        out["unacked"], out["queued"] = admin.hlen("unacked"), admin.llen("q")
+out["failed"] = len(failed)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("fail", [1, 5, 6])
+def test_a_popped_message_is_recorded_through_a_new_connection(redis_port, fail):
+    env = {**os.environ, "PYTHONPATH": str(FILES)}
+    proc = subprocess.run(
+        [sys.executable, "-c", RECORD, str(redis_port), str(fail)],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.splitlines()[-1])
+    if fail < 6:  # RECORD_ATTEMPTS: the pool emptied before each new try
+        assert out == {"seen": [1], "unacked": 1, "queued": 0, "failed": fail, "emptied": fail}
+        assert proc.stderr.count("recording") == fail, proc.stderr
+    else:  # the bound: said in the worker's log, with the message's tag
+        assert out["error"] == "ConnectionError" and out["seen"] == [] and out["unacked"] == 0
+        assert "popped but not recorded in unacked after 6 attempts" in proc.stderr
+
+
 # issue 22: the state Celery's consumer leaves when its broker dies under it. Connection.collect()
 # could not close the default channel (its socket is dead) and set the transport's client to None;
 # Celery then closes the connection, and the channel's close gives back its unacked messages.

@@ -561,7 +561,11 @@ later.conf.result_backend_transport_options  # loaded, then configured again
 later.config_from_object(Django, namespace="CELERY")
 out["later"] = later.conf.result_backend_transport_options
 out["settings"] = [plain.conf.redis_socket_timeout, django.conf.redis_backend_health_check_interval]
-print(json.dumps(out))
+from kombu.transport import redis as transport
+out["recoverable"] = [e.__name__ for e in transport.SentinelTransport.recoverable_connection_errors]
+out["plain_recoverable"] = hasattr(transport.Transport, "recoverable_connection_errors")
+# redis-py's Retry is an object: its class and number of retries
+print(json.dumps(out, default=lambda o: f"{type(o).__name__}:{o._retries}"))
 """
 
 
@@ -582,15 +586,24 @@ def test_the_options_merge_over_the_apps_own_however_it_configures_itself():
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.splitlines()[-1])
-    assert out["plain"] == {"visibility_timeout": 7200, **options}
+    # each sentinel is asked once per connection (the next one answers): Retry with 0 retries
+    once = {"retry": "Retry:0"}
+    assert out["plain"] == {
+        "visibility_timeout": 7200,
+        "master_name": "m",
+        "sentinel_kwargs": {"password": "p", **once},
+    }
     # Django's CELERY_ namespace; a nested object merged key by key, the app's own keys kept
     assert out["django"] == {
         "visibility_timeout": 7200,
         "master_name": "m",
-        "sentinel_kwargs": {"socket_timeout": 1, "password": "p"},
+        "sentinel_kwargs": {"socket_timeout": 1, "password": "p", **once},
     }
-    assert out["later"] == {"master_name": "m"}
+    assert out["later"] == {"master_name": "m", "sentinel_kwargs": once}
     assert out["settings"] == [10, 5]
+    # a publish through the sentinels is retried by its retry policy, not once
+    assert "ConnectionError" in out["recoverable"] and "TimeoutError" in out["recoverable"]
+    assert not out["plain_recoverable"], "only the Sentinel transport is changed"
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,7 @@ import json
 import logging
 import os
 import sys
-from time import time
+from time import sleep, time
 
 
 def allow_oom(body: str) -> str:
@@ -130,6 +130,10 @@ log = logging.getLogger("celery_launch")
 _unsupported: list[str] = []  # the broker's refusal of the scripts, once seen
 _sha: dict[str, str] = {}
 _late_acks: list[tuple[list[str], str]] = []  # (keys, delivery tag) of acks the broker missed
+# A popped message's entry in `unacked` is written this many times at most, the n-th retry after
+# a pause of RECORD_PAUSE * (n - 1) s: 5 s of pauses, plus each connection's timeouts.
+RECORD_ATTEMPTS = 6
+RECORD_PAUSE = 0.5
 
 
 def _resolve(name: str) -> object:
@@ -233,8 +237,7 @@ def patch() -> None:
     def append(self, message, delivery_tag):
         delivery = message.delivery_info
         entry = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
-        with self.channel.conn_or_acquire() as client:
-            done = run_script(client, APPEND, keys(self), [time(), delivery_tag, entry])
+        done = record(self, delivery_tag, entry)
         if done is None:
             return original["append"](self, message, delivery_tag)
         virtual.QoS.append(self, message, delivery_tag)
@@ -242,6 +245,37 @@ def patch() -> None:
             finish_acks(self)
         except Exception as exc:  # noqa: BLE001 - restore_visible tries again in 10 s
             log.warning("celery_launch: %d late acks still to do (%s)", len(_late_acks), exc)
+
+    def record(qos, delivery_tag, entry):
+        """APPEND through the channel's pool, again on a fresh connection when the pool's held
+        a closed one (issue 22): the message is popped already, only this process holds it.
+
+        After the broker's primary is lost, the connection that pops (BRPOP) reconnects, through
+        the sentinels, to the new primary; the pool's idle connections still name the old one, and
+        redis-py's own retries reconnect them to whatever the sentinels named a moment before.
+        kombu's write then fails and the popped message is in no list (1-3 per kill of a
+        primary under load, docs/benchmarks.md). Each retry empties the pool first, so the next
+        connection asks the sentinels again; ZADD and HSET of the same entry are idempotent."""
+        for attempt in range(RECORD_ATTEMPTS):
+            try:
+                with qos.channel.conn_or_acquire() as client:
+                    return run_script(client, APPEND, keys(qos), [time(), delivery_tag, entry])
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                if attempt + 1 == RECORD_ATTEMPTS:
+                    log.error(
+                        "celery_launch: message %s popped but not recorded in unacked after "
+                        "%d attempts (%s): it is lost unless a producer sends it again",
+                        delivery_tag,
+                        RECORD_ATTEMPTS,
+                        exc,
+                    )
+                    raise
+                log.warning(
+                    "celery_launch: recording %s again on a new connection (%s)", delivery_tag, exc
+                )
+                qos.channel.pool.disconnect()
+                sleep(RECORD_PAUSE * attempt)
+        return None  # not reached
 
     def remove(self, delivery_tag) -> bool:
         with self.channel.conn_or_acquire() as client:
@@ -444,6 +478,8 @@ def configure(environ=os.environ) -> None:
     extra = transport_options(environ)
     if not extra:
         return
+    if any("master_name" in options for options in extra.values()):
+        sentinel_clients(extra)
     from celery.app import base
 
     original = base.Celery._load_config
@@ -470,6 +506,55 @@ def configure(environ=os.environ) -> None:
 
     _load_config.celery_toolkit_transport = True
     base.Celery._load_config = _load_config
+
+
+def sentinel_clients(extra: dict[str, dict]) -> None:
+    """What kombu 5.7.0 and redis-py 8.1 do after a primary is lost, made to wait for the new one
+    (issue 22; measured on the sentinel scenario, docs/benchmarks.md):
+
+    - Publishes: kombu's Redis transport declares no recoverable errors, so `Connection.ensure`
+      gives up after one new connection; when the sentinels still name the primary that was just
+      demoted, that connection fails ("The previous master is now a slave") and the publish is
+      refused, whatever task_publish_retry_policy says (19-119 refused per planned switchover).
+      The Sentinel transport's connection errors are declared recoverable (ensure then follows
+      the retry policy), and a channel checks with ROLE that the node it reached is a primary.
+    - Each new connection builds a Sentinel client whose connections to the sentinels retry 10
+      times by redis-py's default: a sentinel on the lost VM costs about 11 connect timeouts
+      before the next sentinel is asked (publishes blocked 22-42 s). The sentinels are asked
+      once each (the next one answers).
+    """
+    from kombu.transport import redis as transport
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import ResponseError
+    from redis.retry import Retry
+
+    for options in extra.values():
+        if "master_name" in options:
+            options["sentinel_kwargs"] = {
+                **options.get("sentinel_kwargs", {}),
+                "retry": Retry(NoBackoff(), 0),
+            }
+    klass = transport.SentinelTransport
+    if getattr(klass, "celery_toolkit_sentinel", False):
+        return
+    klass.recoverable_connection_errors = klass.connection_errors
+    klass.recoverable_channel_errors = ()
+    init = transport.SentinelChannel.__init__
+
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        try:
+            role = self.client.execute_command("ROLE")[0]
+        except ResponseError:  # an ACL without ROLE (redis_acl_celery_rules of before 0.20.0)
+            return
+        if role not in (b"master", "master"):
+            self._disconnect_pools()
+            self.connection.cycle.discard(self)
+            raise RedisConnectionError(f"the sentinels named a replica, not a primary ({role!r})")
+
+    transport.SentinelChannel.__init__ = __init__
+    klass.celery_toolkit_sentinel = True
 
 
 def hold_client() -> None:
