@@ -75,6 +75,17 @@ def test_the_options_name_the_primary_and_bound_every_wait():
         for n in range(policy["max_retries"])
     ]
     assert sum(waits) >= 8
+    # a task's state writes retry too (a STARTED write refused once had left a task unrun in
+    # unacked), with exponential pauses: Celery's full jitter draws each within [0, the cap]
+    assert settings["result_backend_always_retry"] is True
+    caps = [
+        min(
+            settings["result_backend_base_sleep_between_retries_ms"] * 2**n,
+            settings["result_backend_max_sleep_between_retries_ms"],
+        )
+        for n in range(1, settings["result_backend_max_retries"] + 1)
+    ]
+    assert sum(caps) / 2 / 1000 >= 8  # on average longer than a failover
 
 
 @pytest.mark.parametrize(

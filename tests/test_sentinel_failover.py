@@ -631,3 +631,50 @@ def test_the_switchover_script_refuses_in_one_line(tmp_path, config, said):
     assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1 and said in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+PUBLISH = r"""
+import json, sys, time
+import celery_launch
+celery_launch.configure()
+from kombu import Connection, Exchange, Queue
+import os
+queue = Queue("w", Exchange("w"), "w")
+out = []
+with Connection(os.environ["CELERY_BROKER_URL"],
+                transport_options=json.loads(os.environ["CELERY_TOOLKIT_BROKER_TRANSPORT_OPTIONS"])
+                ) as conn, conn.Producer() as producer:
+    for i in range(int(sys.argv[1])):
+        started = time.monotonic()
+        producer.publish({"n": i}, exchange=queue.exchange, routing_key="w", declare=[queue])
+        out.append(time.monotonic() - started)
+print(json.dumps(out))
+"""
+
+
+def test_a_publish_returns_once_a_replica_has_it(fleet, tmp_path):
+    """celery_launch's publish through the sentinels: LPUSH then WAIT on one connection. With
+    the replica up, it returns at once and the replica has the message; with the replica gone,
+    it returns after the bound, with a warning, and the primary has the message."""
+    env = fleet.env(tmp_path / "ledger", tmp_path)
+    primary, replica = fleet.nodes
+
+    def publish(count: int) -> tuple[list[float], str]:
+        proc = subprocess.run(
+            [sys.executable, "-c", PUBLISH, str(count)],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(proc.stdout.splitlines()[-1]), proc.stderr
+
+    times, said = publish(20)
+    assert "no replica had the message" not in said and "refuses WAIT" not in said, said
+    assert max(times[1:]) < 0.2, times  # a replica on this machine answers within ms
+    # WAIT returned: the replica has every message already, without waiting for it here
+    assert fleet.admin(replica).llen("w") == 20
+    fleet.procs[replica].terminate()
+    fleet.procs[replica].wait(10)
+    times, said = publish(2)
+    assert said.count("no replica had the message") == 2, said
+    assert all(0.5 <= t < 2.0 for t in times), times
+    assert fleet.admin(primary).llen("w") == 22

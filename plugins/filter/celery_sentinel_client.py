@@ -30,6 +30,12 @@ NODE_SOCKET = {
 }
 # How long a publish (a producer's, beat's) retries while the primary changes.
 PUBLISH_RETRY = {"max_retries": 12, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
+BACKEND_RETRY = {
+    "result_backend_always_retry": True,
+    "result_backend_max_retries": 15,
+    "result_backend_base_sleep_between_retries_ms": 100,
+    "result_backend_max_sleep_between_retries_ms": 2000,
+}
 # and on the sentinels, which answer at once or not at all:
 SENTINEL_SOCKET = {"socket_timeout": 2, "socket_connect_timeout": 2}
 
@@ -105,10 +111,16 @@ def celery_sentinel_settings(client: Mapping[str, Any] | None) -> dict[str, Any]
         "redis_socket_keepalive": NODE_SOCKET["socket_keepalive"],
         "redis_backend_health_check_interval": NODE_SOCKET["health_check_interval"],
         # A publish meets the switch of primaries (a failover takes about 7 s): Celery's default
-        # retries end within 0.6 s, these after about 10 s. (Measured: they do not change the
-        # 19 to 24 publishes a planned switchover under load refuses, each told at once with
-        # "The previous master is now a slave": tests/bench/sentinel.py, cause not found yet.)
+        # retries end within 0.6 s, these after about 10 s (kombu follows them once
+        # celery_launch.py declares the Sentinel transport's connection errors recoverable).
         "task_publish_retry_policy": PUBLISH_RETRY,
+        # A task's state writes (STARTED, then its result) meet it too. Without these Celery
+        # writes once: a task received just before the primary died failed "outside body" on
+        # its STARTED state, never ran and stayed in `unacked` until visibility_timeout (1 task in
+        # 3 of 6 kills under load, tests/bench/sentinel.py). With them it tries 15 more times,
+        # pausing 0.2 s, 0.4 s... up to 2 s each (Celery draws each pause at random below that:
+        # 12.5 s in all on average, at most 25 s), plus each try's timeouts.
+        **BACKEND_RETRY,
     }
 
 

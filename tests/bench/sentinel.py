@@ -48,6 +48,8 @@ COLUMNS = (
     ("ran_twice", "twice"),
     ("restarted", "restarts"),
     ("rejoined_s", "rejoined s"),
+    ("kill_s", "docker kill s"),
+    ("lost_acknowledged_s_before", "lost: acked s before the kill"),
 )
 
 SWITCHOVER_COLUMNS = (
@@ -56,6 +58,7 @@ SWITCHOVER_COLUMNS = (
     ("to", "to"),
     ("playbook_s", "playbook s"),
     *COLUMNS[3:11],
+    ("refusals", "refused with"),
 )
 
 
@@ -75,14 +78,14 @@ def main() -> int:
     for run in range(1, args.switchovers + 1):
         figures, kept = switchover_under_load()
         figures.update(run=run, restarted="none" if kept else "YES")
-        print(" | ".join(str(figures[key]) for key, _ in SWITCHOVER_COLUMNS), flush=True)
+        print(" | ".join(str(figures.get(key, "")) for key, _ in SWITCHOVER_COLUMNS), flush=True)
     rows = []
     print(" | ".join(title for _, title in COLUMNS))
     for run in range(1, args.runs + 1):
         figures, kept = kill_primary_under_load()
         figures.update(run=run, restarted="none" if kept else "YES", rejoined_s=restart_lost_node())
         rows.append(figures)
-        print(" | ".join(str(figures[key]) for key, _ in COLUMNS), flush=True)
+        print(" | ".join(str(figures.get(key, "")) for key, _ in COLUMNS), flush=True)
     worst = {
         "runs": len(rows),
         "runs_losing_nothing": sum(1 for r in rows if r["lost"] == 0),

@@ -132,14 +132,17 @@ def kill_primary_under_load(settle_s: float = 20) -> tuple[dict, bool]:
     load = Load("kill")
     started, killed_at = time.monotonic(), time.time()
     subprocess.run(["docker", "kill", primary], check=True, capture_output=True)
+    kill_s = round(time.time() - killed_at, 3)  # the VM died somewhere in this span
     survivors = [n for n in NODES if n != primary]
     if not wait_for(lambda: primary_of_all(survivors) in survivors, 60):
         docker_exec(PRODUCER, "touch", load.out + ".stop")
         raise AssertionError("no replica promoted")
     promoted_s = round(time.monotonic() - started, 1)
     time.sleep(settle_s)  # the load goes on through the new primary
-    figures = {"killed": primary, "promoted_after_s": promoted_s, **load.finish()}
-    # how long before the kill the lost tasks were acknowledged (negative: after it)
+    figures = {"killed": primary, "promoted_after_s": promoted_s, "kill_s": kill_s}
+    figures.update(load.finish())
+    # how long before `docker kill` was started the lost tasks were acknowledged (negative:
+    # after it started; the VM died before it returned, kill_s after it started)
     figures["lost_acknowledged_s_before"] = [
         round(killed_at - at, 3) for at in figures.pop("lost_acknowledged_at")
     ]

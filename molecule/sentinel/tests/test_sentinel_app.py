@@ -2,7 +2,8 @@
 reach the broker through the sentinels only; a planned switchover under load (playbooks/
 switchover.yml) loses no task and runs none twice; a primary lost with its VM under load stops
 none of them: they consume again within 30 s, without a restart, and every acknowledged task
-runs (the figures: lost, run twice, the longest stall).
+runs (the figures: lost, run twice, the longest stall); after it, rollback.yml and deploy.yml
+work on the promoted primary.
 
 Runs after test_sentinel.py (file order), on the same fleet: two worker VMs (fast and slow
 groups on each, beat and Flower on the first) and the three broker VMs.
@@ -74,8 +75,11 @@ def test_losing_the_primary_under_load_stops_nothing_and_loses_only_its_last_wri
     # (docs/benchmarks.md): asserted here is that it happens within a minute.
     assert figures["longest_stall_s"] < 60, figures
     # Replication is asynchronous: a write the primary acknowledged in its last moment may not
-    # have reached a replica. Nothing acknowledged a second before the loss, or after it, is lost.
-    assert all(0 <= s < 1.0 for s in figures["lost_acknowledged_s_before"]), figures
+    # have reached a replica. Nothing acknowledged a second before the loss, or after it, is
+    # lost (the VM died while `docker kill` ran: kill_s after it started).
+    assert all(
+        -figures["kill_s"] <= s < 1.0 for s in figures["lost_acknowledged_s_before"]
+    ), figures
     # a pop the replicas had not seen is delivered again by the new primary: one per consumer
     assert figures["ran_twice"] <= CONSUMERS, figures
 
@@ -86,3 +90,25 @@ def test_the_app_runs_a_task_through_every_queue_after_the_failover():
     record_figure(FIGURES, "verify.yml after the failover_s", seconds)
     for queue in ("high", "default", "low"):
         assert f"probe {queue}" in " ".join(proc.stdout.split()), proc.stdout[-3000:]
+
+
+def active(node: str) -> dict[str, str]:
+    return {
+        group: docker_exec(node, "systemctl", "is-active", f"refapp-worker@{group}", check=False)
+        .strip()
+        for group in ("fast", "slow", "all")
+    }
+
+
+def test_rollback_and_deploy_after_the_failover_reach_the_new_primary():
+    """The incident path on the promoted primary: rollback.yml gives each worker VM its single
+    worker (every queue), deploy.yml the split groups back; each playbook passes only once its
+    workers answer a ping and consume exactly their queues, through the sentinels."""
+    _, seconds = run_playbook("rollback.yml")
+    record_figure(FIGURES, "rollback.yml after the failover_s", seconds)
+    for node in WORKERS:
+        assert active(node) == {"fast": "inactive", "slow": "inactive", "all": "active"}, node
+    _, seconds = run_playbook("deploy.yml")
+    record_figure(FIGURES, "deploy.yml back to split after the failover_s", seconds)
+    for node in WORKERS:
+        assert active(node) == {"fast": "active", "slow": "active", "all": "inactive"}, node
