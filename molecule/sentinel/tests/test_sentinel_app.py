@@ -77,9 +77,9 @@ def test_losing_the_primary_under_load_stops_nothing_and_loses_only_its_last_wri
     # Replication is asynchronous: a write the primary acknowledged in its last moment may not
     # have reached a replica. Nothing acknowledged a second before the loss, or after it, is
     # lost (the VM died while `docker kill` ran: kill_s after it started).
-    assert all(
-        -figures["kill_s"] <= s < 1.0 for s in figures["lost_acknowledged_s_before"]
-    ), figures
+    assert all(-figures["kill_s"] <= s < 1.0 for s in figures["lost_acknowledged_s_before"]), (
+        figures
+    )
     # a pop the replicas had not seen is delivered again by the new primary: one per consumer
     assert figures["ran_twice"] <= CONSUMERS, figures
 
@@ -94,8 +94,9 @@ def test_the_app_runs_a_task_through_every_queue_after_the_failover():
 
 def active(node: str) -> dict[str, str]:
     return {
-        group: docker_exec(node, "systemctl", "is-active", f"refapp-worker@{group}", check=False)
-        .strip()
+        group: docker_exec(
+            node, "systemctl", "is-active", f"refapp-worker@{group}", check=False
+        ).strip()
         for group in ("fast", "slow", "all")
     }
 
