@@ -9,7 +9,6 @@ Runs after test_sentinel.py (file order), on the same fleet: two worker VMs (fas
 groups on each, beat and Flower on the first) and the three broker VMs.
 """
 
-import pytest
 from failover import (
     WORKERS,
     docker_exec,
@@ -59,24 +58,18 @@ def test_a_planned_switchover_under_load_loses_nothing_and_runs_nothing_twice():
     assert figures["longest_stall_s"] < 60, figures
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 22, open: after a kill of the primary, publishes acknowledged after the kill "
-    "were lost (2 of 69 in one run, one 42 s after it) and nothing ran for up to 143 s in "
-    "tests/bench/sentinel.py runs of 2026-12-03; cause not found yet",
-)
 def test_losing_the_primary_under_load_stops_nothing_and_loses_only_its_last_writes():
     figures, kept = kill_primary_under_load()
     record_figure(FIGURES, "primary killed under task load", figures)
     print(f"primary killed under load: {figures}")
     assert kept, "a worker, beat or Flower was restarted"
-    # Consuming again: every task acknowledged after the loss ran (Load.finish waited for them).
-    # The goal is within 30 s of the loss; tests/bench/sentinel.py measured 0.03 to 31.4 s
-    # (docs/benchmarks.md): asserted here is that it happens within a minute.
-    assert figures["longest_stall_s"] < 60, figures
-    # Replication is asynchronous: a write the primary acknowledged in its last moment may not
-    # have reached a replica. Nothing acknowledged a second before the loss, or after it, is
-    # lost (the VM died while `docker kill` ran: kill_s after it started).
+    # Consuming again within 30 s of the loss: every task acknowledged after it ran (Load.finish
+    # waited for them); tests/bench/sentinel.py measured 6.8 to 9.3 s (docs/benchmarks.md).
+    assert figures["longest_stall_s"] < 30, figures
+    # A publish returns once a replica has it (celery_launch's WAIT, at most 500 ms): lost, if
+    # anything, is a write the primary acknowledged in its last moment after that wait ran out.
+    # Nothing acknowledged a second before the loss, or after it, is lost (the VM died while
+    # `docker kill` ran: kill_s after it started). Measured: 0 lost in 10 of 10 kills.
     assert all(-figures["kill_s"] <= s < 1.0 for s in figures["lost_acknowledged_s_before"]), (
         figures
     )
