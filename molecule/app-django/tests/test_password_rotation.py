@@ -215,7 +215,10 @@ def rotation(host, tmp_path_factory):
         assert wait_for(lambda: out.exists() and len(json.loads(out.read_text())["sent"]) >= 20, 60)
 
         def producers_get_the_new_password():
-            url_file.write_text(url("shop", rotated["shop"]))
+            # replaced in one step: the producer reads the file before each publish, and once
+            # read it empty mid-write (kombu then tried amqp://localhost: "Connection refused")
+            (tmp / "url.new").write_text(url("shop", rotated["shop"]))
+            (tmp / "url.new").replace(url_file)
             time.sleep(5)  # publishes with the new password while Redis still accepts both
 
         result = rotate(host, tmp, inventory, original, rotated, producers_get_the_new_password)
