@@ -116,8 +116,9 @@ def celery_sentinel_settings(client: Mapping[str, Any] | None) -> dict[str, Any]
         "task_publish_retry_policy": PUBLISH_RETRY,
         # A task's state writes (STARTED, then its result) meet it too. Without these Celery
         # writes once: a task received just before the primary died failed "outside body" on
-        # its STARTED state, never ran and stayed in `unacked` until visibility_timeout (1 task in
-        # 3 of 6 kills under load, tests/bench/sentinel.py). With them it tries 15 more times,
+        # its STARTED state, never ran and stayed in `unacked` until visibility_timeout (found
+        # there after 10 kills under load in which 5 lost a task; with these, 2 of 10 lost one,
+        # both in the primary's last moment: tests/bench/sentinel.py). It tries 15 more times,
         # pausing 0.2 s, 0.4 s... up to 2 s each (Celery draws each pause at random below that:
         # 12.5 s in all on average, at most 25 s), plus each try's timeouts.
         **BACKEND_RETRY,

@@ -588,8 +588,9 @@ def _put_on_a_replica(put):
                     pipe.pexpire(self._q_for_pri(queue, priority), self._expires[queue])
             pipe.execute_command("WAIT", PUBLISH_WAIT_REPLICAS, PUBLISH_WAIT_MS)
             replies = pipe.execute(raise_on_error=False)
-        if isinstance(replies[0], Exception):
-            raise replies[0]
+        for reply in replies[:-1]:  # LPUSH (and PEXPIREs): refused as kombu's would be
+            if isinstance(reply, Exception):
+                raise reply
         if isinstance(replies[-1], NoPermissionError):
             _wait_refused.append(str(replies[-1]))
             log.warning(
