@@ -190,6 +190,50 @@ def test_the_quorum_message_names_every_node_once():
     ]
 
 
+# --- rule 2b: min-replicas-to-write ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("count", "value"), [(3, 3), (3, -1), (5, 5), (5, 9)])
+def test_more_replicas_to_write_than_replicas_are_refused(count, value):
+    nodes = [f"b{n}" for n in range(1, count + 1)]
+    fleet = broker(nodes, redis_min_replicas_to_write=value)
+    messages = about(refusals(fleet), "redis_min_replicas_to_write")
+    assert len(messages) == 1, messages
+    assert messages[0].endswith(
+        f" is {value}: with {count} nodes give 0 (the primary never refuses a write) or a number "
+        f"from 1 to {count - 1}, its replicas: more would refuse every task."
+    )
+    assert celery_sentinel_node_errors(fleet["b1"], "b1")[0].startswith(
+        f"redis_min_replicas_to_write on b1 is {value}: with {count} nodes"
+    )
+
+
+@pytest.mark.parametrize(("count", "value"), [(3, 0), (3, 1), (3, 2), (5, 4), (3, "1")])
+def test_replicas_to_write_up_to_the_replicas_pass(count, value):
+    nodes = [f"b{n}" for n in range(1, count + 1)]
+    fleet = broker(nodes, redis_min_replicas_to_write=value)
+    assert about(refusals(fleet), "redis_min_replicas_to_write") == []
+    assert celery_sentinel_node_errors(fleet["b1"], "b1") == []
+
+
+def test_a_max_lag_below_one_second_is_refused():
+    messages = refusals(broker(redis_min_replicas_to_write=1, redis_min_replicas_max_lag=0))
+    assert about(messages, "redis_min_replicas_max_lag") == [
+        f"redis_min_replicas_max_lag on {ALL} is 0: give the seconds within which a replica's "
+        "acknowledgement counts, 1 or more."
+    ]
+
+
+def test_a_single_broker_that_would_wait_for_replicas_is_refused():
+    hv = settings(redis_nodes=["b1"], redis_min_replicas_to_write=1)
+    said = (
+        "redis_min_replicas_to_write on b1 is 1: a broker without replicas would refuse every "
+        "task. Give 0, or put 3 (or 5) hosts in the group broker."
+    )
+    assert about(refusals({"b1": hv}), "redis_min_replicas_to_write") == [said]
+    assert celery_sentinel_node_errors(hv, "b1") == [said]
+
+
 # --- rule 3: the three secrets -----------------------------------------------------------------
 
 
@@ -309,6 +353,8 @@ OTHER_VALUES = {
     "redis_sentinel_master_name": "celery-2",
     "redis_maxmemory": "512mb",
     "redis_maxmemory_policy": "volatile-lru",
+    "redis_min_replicas_to_write": 1,
+    "redis_min_replicas_max_lag": 20,
     "redis_databases": 32,
     "redis_tls_enabled": True,
     "redis_nodes": ["b1", "b2", "b4"],

@@ -103,6 +103,8 @@ SENTINEL_VARIABLES = [
     "redis_replication_user",
     "redis_replication_password",
     "redis_maxmemory_policy",
+    "redis_min_replicas_to_write",
+    "redis_min_replicas_max_lag",
 ]
 # The secrets of a replicated broker (celery_secrets.py's MINIMUM_LENGTH gives their length).
 SENTINEL_SECRETS = (
@@ -135,6 +137,8 @@ SAME_ON_EVERY_NODE = (
     "redis_sentinel_master_name",
     "redis_maxmemory",
     "redis_maxmemory_policy",
+    "redis_min_replicas_to_write",
+    "redis_min_replicas_max_lag",
     "redis_databases",
     "redis_tls_enabled",
     "redis_nodes",
@@ -197,6 +201,24 @@ def _quorum_errors(host: str, hv: Mapping[str, Any], nodes: int) -> list[Refusal
             "hold the primary down; more than the nodes never agree, and no failover starts.",
         )
     ]
+
+
+def _min_replicas_errors(host: str, hv: Mapping[str, Any], nodes: int) -> list[Refusal]:
+    """Rule 2b: min-replicas-to-write from 0 to the number of replicas; with one node, 0."""
+    count = whole(hv.get("redis_min_replicas_to_write"))
+    if count is None or 0 <= count < nodes:
+        return []
+    if nodes < 2:
+        fix = (
+            "a broker without replicas would refuse every task. Give 0, or put 3 (or 5) hosts in "
+            "the group broker."
+        )
+    else:
+        fix = (
+            f"with {nodes} nodes give 0 (the primary never refuses a write) or a number from 1 "
+            f"to {nodes - 1}, its replicas: more would refuse every task."
+        )
+    return [("redis_min_replicas_to_write", host, f" is {count}: {fix}")]
 
 
 def _unquoted_problem(value: str) -> str:
@@ -397,6 +419,7 @@ def node_errors(
     the announced address, no TLS."""
     found = _count_errors(host, nodes)
     found += _quorum_errors(host, hv, len(nodes))
+    found += _min_replicas_errors(host, hv, len(nodes))
     found += _secret_setting_errors(host, hv)
     found += _master_name_errors(host, hv)
     found += _user_errors(host, hv)
@@ -405,6 +428,13 @@ def node_errors(
         found += at_least(
             host, hv, var, 1, "Sentinel refuses a time of 0 or less and would not start."
         )
+    found += at_least(
+        host,
+        hv,
+        "redis_min_replicas_max_lag",
+        1,
+        "give the seconds within which a replica's acknowledgement counts, 1 or more.",
+    )
     found += _announce_errors(host, hv)
     found += _tls_errors(host, hv)
     return found
@@ -541,6 +571,8 @@ def sentinel_errors(
     clients = {"flowers": flowers, "workers": workers}
     found = _membership_errors(brokers, settings)
     if len(brokers) < 2:
+        for host in brokers:
+            found += _min_replicas_errors(host, settings[host], 1)
         return found + _client_url_errors(brokers, settings, clients)
     for host in brokers:
         hv = settings[host]
@@ -559,7 +591,7 @@ def celery_sentinel_node_errors(hv: Mapping[str, Any], host: str) -> list[str]:
     alone, when redis_nodes holds more than one node; it is one of them."""
     nodes = _nodes(hv, [host])
     if len(nodes) < 2:
-        return []
+        return once(_min_replicas_errors(host, hv, 1))
     found = node_errors(host, hv, nodes)
     found += _primary_errors(host, hv, nodes, "redis_nodes")
     if host not in nodes:
