@@ -705,6 +705,8 @@ WRONG_TYPES = [
     ("redis_sentinel_quorum", "most", "str", "int"),
     ("redis_sentinel_down_after_ms", "soon", "str", "int"),
     ("redis_sentinel_failover_timeout_ms", "later", "str", "int"),
+    ("redis_min_replicas_to_write", "some", "str", "int"),
+    ("redis_min_replicas_max_lag", "long", "str", "int"),
 ]
 CASES += [
     (
@@ -1001,9 +1003,16 @@ CASES += [
 ]
 NO_REFUSAL["prometheus_output_dir"] = "any folder on the controller (monitoring.yml creates it)"
 
-# issue 22: a replicated broker. On this single-broker inventory: redis_nodes and redis_primary
-# set to other hosts than the group broker's.
+# issue 22: a replicated broker. On this single-broker inventory: min-replicas-to-write above 0,
+# redis_nodes and redis_primary set to other hosts than the group broker's.
 CASES += [
+    (
+        "min-replicas-on-a-single-broker",
+        {"redis_min_replicas_to_write": 1},
+        {},
+        "redis_min_replicas_to_write on vm1 is 1: a broker without replicas would refuse every "
+        "task. Give 0, or put 3 (or 5) hosts in the group broker.",
+    ),
     (
         "redis-nodes-not-the-broker-group",
         {"redis_nodes": ["vm1", "vm2", "vm3"]},
@@ -1107,6 +1116,20 @@ REPLICATED_CASES = [
         {},
         f"redis_sentinel_quorum on {ALL} is 1: with 3 nodes give 0 (a majority, 2) or a number "
         "from 2 to 3",
+    ),
+    (
+        "replicated-min-replicas-beyond-the-replicas",
+        {"redis_min_replicas_to_write": 3},
+        {},
+        f"redis_min_replicas_to_write on {ALL} is 3: with 3 nodes give 0 (the primary never "
+        "refuses a write) or a number from 1 to 2, its replicas",
+    ),
+    (
+        "replicated-min-replicas-max-lag-zero",
+        {"redis_min_replicas_max_lag": 0},
+        {},
+        f"redis_min_replicas_max_lag on {ALL} is 0: give the seconds within which a replica's "
+        "acknowledgement counts",
     ),
     (
         "replicated-sentinel-port-is-redis-port",
