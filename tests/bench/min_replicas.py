@@ -27,9 +27,7 @@ cost in availability.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -41,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FOLDERS = ("molecule/sentinel/tests", "molecule/resources", "plugins/filter")
 sys.path[:0] = [str(ROOT / folder) for folder in FOLDERS]
 
-from test_sentinel import ADMIN, NODES, cli, in_sync, primary_of_all  # noqa: E402
+from test_sentinel import ADMIN, NODES, cli, container_running, in_sync, primary_of_all  # noqa: E402
 
 from playbook_runner import wait_for  # noqa: E402
 
@@ -209,11 +207,9 @@ def main() -> int:
     parser.add_argument("--max-lag", type=int, default=10)
     parser.add_argument("--partition-s", type=float, default=30)
     args = parser.parse_args()
-    if "MOLECULE_INVENTORY_FILE" not in os.environ:
-        found = glob.glob(os.path.expanduser("~/.ansible/tmp/molecule.*.sentinel/inventory/*.yml"))
-        if not found:
-            sys.exit("no converged sentinel scenario: run .venv/bin/molecule converge -s sentinel")
-        os.environ["MOLECULE_INVENTORY_FILE"] = max(found, key=os.path.getmtime)
+    # (no playbook runs here: the broker VMs are reached with docker exec and nsenter)
+    if not all(container_running(node) for node in NODES):
+        sys.exit("no converged sentinel scenario: run .venv/bin/molecule converge -s sentinel")
     try:
         for count in (0, 1):
             set_min_replicas(count, args.max_lag)
