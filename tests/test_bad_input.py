@@ -220,6 +220,14 @@ CASES = [
         "importing refap failed: ModuleNotFoundError: No module named 'refap'",
     ),
     (
+        # the wheelhouse cannot be built: the line read first ends with pip's own error
+        "extra-requirement-not-on-the-index",
+        {"celery_app_extra_requirements": ["celery-toolkit-no-such-distribution==1.0"]},
+        {},
+        "-m pip download ... failed: "
+        "ERROR: No matching distribution found for celery-toolkit-no-such-distribution==1.0",
+    ),
+    (
         "app-source-missing",
         {"celery_app_source": "/nonexistent/app"},
         {},

@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     except build_wheelhouse.WheelhouseError as exc:
-        print(f"report: {exc}", file=sys.stderr)
+        # "<command> ... failed:" then pip's output: the line read first ends with pip's error
+        head, _, tail = str(exc).partition("\n")
+        fail(f"report: {head.rstrip(':')}", tail)
         return 1
     venv = (Path(args.output) / "inspect" / house["hash"][:16]).resolve()
     src = venv / "src"
