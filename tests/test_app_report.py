@@ -1,7 +1,11 @@
 """Rules that check the real app (inspect_app.py's report) against the layout: pass and fail."""
 
+import contextlib
 import copy
 import importlib.util
+import io
+import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -245,3 +249,60 @@ def test_broker_client_that_does_not_load():
         "celery_app_broker_requirements (the default), or add the missing module to the app's "
         "requirements."
     ]
+
+
+def _report_app():
+    path = ROOT / "roles/celery_app/files/report_app.py"
+    spec = importlib.util.spec_from_file_location("report_app", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
+    return module
+
+
+def _archive(tmp_path, *members):
+    """A tar archive of (name, kind, link target) members: kind 'file', 'dir' or 'sym'."""
+    archive = tmp_path / "app.tar"
+    with tarfile.open(archive, "w") as tar:
+        for name, kind, target in members:
+            info = tarfile.TarInfo(name)
+            if kind == "dir":
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            elif kind == "sym":
+                info.type, info.linkname = tarfile.SYMTYPE, target
+                tar.addfile(info)
+            else:
+                info.size = 2
+                tar.addfile(info, io.BytesIO(b"x\n"))
+    return tarfile.open(archive)
+
+
+@pytest.mark.parametrize("filter_known", [True, False], ids=["python-3.11.4+", "python-3.11.2"])
+def test_the_apps_archive_extracts_inside_its_folder_only(tmp_path, monkeypatch, filter_known):
+    """Debian bookworm's Python (3.11.2) has no tarfile filter: report_app.py checks the same
+    rule itself (a controller on bookworm failed with a TypeError traceback before)."""
+    report_app = _report_app()
+    if not filter_known:
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    elif not hasattr(tarfile, "data_filter"):
+        pytest.skip("this Python's tarfile has no data filter")
+    sound = _archive(
+        tmp_path, ("shop", "dir", ""), ("shop/a.py", "file", ""), ("shop/b.py", "sym", "a.py")
+    )
+    report_app.extract(sound, tmp_path / "src")
+    assert (tmp_path / "src/shop/b.py").read_text() == "x\n"
+    # refused, or (tarfile's filter) made relative: nothing lands or points outside the folder
+    out = tmp_path / "work/out"
+    out.mkdir(parents=True)
+    # an absolute name inside tmp_path: a broken check writes there, not into /
+    absolute = str(tmp_path / "work/abs.py")
+    for bad in [("../evil.py", "file", ""), (absolute, "file", ""), ("shop/l", "sym", "/etc/x")]:
+        (tmp_path / "bad").mkdir(exist_ok=True)
+        with contextlib.suppress(SystemExit, tarfile.TarError):
+            report_app.extract(_archive(tmp_path / "bad", bad), out)
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["out"]
+    assert not any(p.is_symlink() for p in out.rglob("*")), sorted(out.rglob("*"))

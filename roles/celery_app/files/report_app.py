@@ -20,11 +20,12 @@ import argparse
 import json
 import os
 import platform
+import posixpath
 import shutil
 import subprocess
 import sys
 import tarfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             if house.get("app_archive"):
                 with tarfile.open(Path(house["path"]) / house["app_archive"]) as tar:
-                    tar.extractall(src, filter="data")
+                    extract(tar, src)
                 add_to_path(venv, src)
             (venv / ".complete").touch()
     env = {**os.environ, **(read_env(sys.stdin.read()) if args.env_stdin else {})}
@@ -125,6 +126,28 @@ def fail(what: str, stderr: str) -> None:
     print(f"{what}: {lines[-1].strip() if lines else 'no error message'}", file=sys.stderr)
     if len(lines) > 1:
         print("\n".join(["--- full error ---", *lines[-40:]]), file=sys.stderr)
+
+
+def extract(tar: tarfile.TarFile, dest: Path) -> None:
+    """The app's archive into dest with tarfile's "data" filter: files, folders and links that
+    stay inside dest. Python 3.11.0 to 3.11.3 (Debian bookworm's is 3.11.2) have no filter: the
+    same rule is checked here before extracting."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(dest, filter="data")
+        return
+    for member in tar.getmembers():
+        path = PurePosixPath(member.name)
+        inside = not path.is_absolute() and ".." not in path.parts
+        if member.issym() or member.islnk():
+            # a symbolic link's target is relative to its folder, a hard link's to the archive
+            base = path.parent if member.issym() else PurePosixPath()
+            target = PurePosixPath(posixpath.normpath(base / member.linkname))
+            inside = inside and not target.is_absolute() and ".." not in target.parts
+        elif not (member.isfile() or member.isdir()):
+            inside = False
+        if not inside:
+            raise SystemExit(f"report: the app's archive holds {member.name!r}, outside the app")
+    tar.extractall(dest)
 
 
 def add_to_path(venv: Path, src: Path) -> None:
