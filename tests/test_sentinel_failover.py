@@ -184,10 +184,17 @@ class Fleet:
             wait_for(
                 f"sentinel {port} knows the replica and the other sentinels",
                 lambda port=port: (
-                    len(self.sentinel(port).sentinel_slaves(MASTER)) == 1
+                    self.alive(port)
+                    and len(self.sentinel(port).sentinel_slaves(MASTER)) == 1
                     and len(self.sentinel(port).sentinel_sentinels(MASTER)) == 2
                 ),
             )
+
+    def alive(self, port: int) -> bool:
+        """The server on `port` that this fleet started still runs, or the test fails now."""
+        if self.procs[port].poll() is not None:
+            pytest.fail(f"redis-server on {port} exited ({self.procs[port].returncode})")
+        return True
 
     def admin(self, port: int) -> redis.Redis:
         return redis.Redis(port=port, username="admin", password=ADMIN_PASSWORD, socket_timeout=2)
