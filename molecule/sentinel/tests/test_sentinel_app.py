@@ -2,8 +2,9 @@
 reach the broker through the sentinels only; a planned switchover under load (playbooks/
 switchover.yml) loses no task and runs none twice; a primary lost with its VM under load stops
 none of them: they consume again within 30 s, without a restart, and every acknowledged task
-runs (the figures: lost, run twice, the longest stall); after it, rollback.yml and deploy.yml
-work on the promoted primary.
+runs (the figures: lost, run twice, the longest stall); during it (the lost VM still down)
+rollback.yml and deploy.yml work on the promoted primary and deploy.yml changes no broker node;
+after it, deploy.yml completes on every node.
 
 Runs after test_sentinel.py (file order), on the same fleet: two worker VMs (fast and slow
 groups on each, beat and Flower on the first) and the three broker VMs.
@@ -17,9 +18,15 @@ from failover import (
     switchover_under_load,
     units,
 )
-from test_sentinel import NODES, _fleet_back_up  # noqa: F401  (the fixture: no VM left stopped)
+from test_sentinel import (
+    NODES,
+    _fleet_back_up,  # noqa: F401  (the fixture: no VM left stopped)
+    container_running,
+    primary_of_all,
+    run_id,
+)
 
-from playbook_runner import record_figure, run_playbook
+from playbook_runner import play_recap, record_figure, run_playbook
 
 FIGURES = "sentinel-figures.json"
 # The consumers that can hold a popped message when the primary dies (a fast and a slow group on
@@ -77,6 +84,32 @@ def test_losing_the_primary_under_load_stops_nothing_and_loses_only_its_last_wri
     assert figures["ran_twice"] <= CONSUMERS, figures
 
 
+def test_during_the_failover_rollback_and_deploy_reach_the_new_primary_and_leave_the_broker():
+    """At 3 a.m., the old primary's VM still lost: rollback.yml gives each worker VM its single
+    worker (every queue), deploy.yml the split groups back; each passes on the workers only once
+    they answer a ping and consume exactly their queues, through the sentinels that remain.
+    deploy.yml changes no broker node while one cannot be reached (it changes them one by one,
+    the primary last): it names the lost VM and exits non-zero."""
+    lost = [node for node in NODES if not container_running(node)]
+    assert len(lost) == 1, f"the primary's VM is not the one stopped: {lost}"
+    live = [node for node in NODES if node not in lost]
+    _, seconds = run_playbook("rollback.yml")
+    record_figure(FIGURES, "rollback.yml with the lost VM down_s", seconds)
+    for node in WORKERS:
+        assert active(node) == {"fast": "inactive", "slow": "inactive", "all": "active"}, node
+    primary, before = primary_of_all(live), {node: run_id(node) for node in live}
+    proc, seconds = run_playbook("deploy.yml", check=False)
+    record_figure(FIGURES, "deploy.yml with the lost VM down_s", seconds)
+    recap = play_recap(proc.stdout)
+    assert proc.returncode != 0
+    assert recap[lost[0]]["unreachable"] == 1, proc.stdout[-3000:]
+    assert all(recap[node]["changed"] == 0 for node in live), recap
+    assert ({node: run_id(node) for node in live}, primary_of_all(live)) == (before, primary)
+    for node in WORKERS:
+        assert recap[node]["failed"] == recap[node]["unreachable"] == 0, recap
+        assert active(node) == {"fast": "active", "slow": "active", "all": "inactive"}, node
+
+
 def test_the_app_runs_a_task_through_every_queue_after_the_failover():
     record_figure(FIGURES, "killed VM back as a replica after_s", restart_lost_node())
     proc, seconds = run_playbook("verify.yml")
@@ -94,15 +127,13 @@ def active(node: str) -> dict[str, str]:
     }
 
 
-def test_rollback_and_deploy_after_the_failover_reach_the_new_primary():
-    """The incident path on the promoted primary: rollback.yml gives each worker VM its single
-    worker (every queue), deploy.yml the split groups back; each playbook passes only once its
-    workers answer a ping and consume exactly their queues, through the sentinels."""
-    _, seconds = run_playbook("rollback.yml")
-    record_figure(FIGURES, "rollback.yml after the failover_s", seconds)
-    for node in WORKERS:
-        assert active(node) == {"fast": "inactive", "slow": "inactive", "all": "active"}, node
-    _, seconds = run_playbook("deploy.yml")
-    record_figure(FIGURES, "deploy.yml back to split after the failover_s", seconds)
+def test_deploy_after_the_failover_completes_on_every_node():
+    """The lost VM is back as a replica: deploy.yml passes on every host (the broker's nodes
+    included), keeps the promoted primary and the split groups."""
+    primary = primary_of_all(NODES)
+    proc, seconds = run_playbook("deploy.yml")
+    record_figure(FIGURES, "deploy.yml after the failover_s", seconds)
+    assert set(play_recap(proc.stdout)) >= set(NODES) | set(WORKERS)
+    assert primary_of_all(NODES) == primary
     for node in WORKERS:
         assert active(node) == {"fast": "active", "slow": "active", "all": "inactive"}, node
