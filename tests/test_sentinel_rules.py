@@ -7,7 +7,11 @@ secret.
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import quote
 
@@ -133,7 +137,9 @@ def test_the_role_preflight_hands_over_what_the_node_rules_read():
     task = next(t for t in tasks if "celery_sentinel_node_errors" in str(t))
     given = set(re.findall(r"'([a-z_]+)':", task["vars"]["__redis_sentinel_errors"]))
     assert set(SENTINEL_VARIABLES) - {"redis_maxmemory_policy"} <= given
-    assert task["when"] == "redis_nodes | length > 1"
+    # on every node, a single broker too: the filter then checks min-replicas-to-write only
+    # (a single broker waiting for replicas would refuse every write; the role alone refuses it)
+    assert "when" not in task
 
 
 def test_the_secrets_have_a_minimum_length():
@@ -1077,3 +1083,51 @@ def test_the_endpoint_of_a_redis_url_is_unchanged():
         "port": 6380,
         "db": 4,
     }
+
+
+PREFLIGHT_PLAY = """
+- hosts: localhost
+  connection: local
+  gather_facts: false
+  tasks:
+    - ansible.builtin.include_role:
+        name: celery_toolkit.stack.redis
+        tasks_from: preflight
+"""
+
+
+@pytest.mark.parametrize("min_replicas", [0, 1])
+def test_the_role_alone_refuses_a_single_broker_that_would_wait_for_replicas(
+    tmp_path, min_replicas
+):
+    """The redis role run outside deploy.yml (whose validation refuses it first): its preflight
+    on a single broker with redis_min_replicas_to_write above 0."""
+    playbook = tmp_path / "preflight.yml"
+    playbook.write_text(PREFLIGHT_PLAY)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    env.update(ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    variables = {
+        "redis_nodes": ["localhost"],
+        "redis_min_replicas_to_write": min_replicas,
+        "redis_password": "a-long-broker-password-0123",
+        "ansible_facts": {"os_family": "Debian"},
+        "ansible_python_interpreter": sys.executable,
+    }
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", str(playbook)]
+        + ["-e", json.dumps(variables)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
+    out = " ".join(proc.stdout.split())
+    if min_replicas:
+        assert proc.returncode != 0
+        assert (
+            "redis_min_replicas_to_write on localhost is 1: a broker without replicas would "
+            "refuse every task" in out
+        ), out[-2000:]
+    else:
+        assert proc.returncode == 0, out[-2000:]

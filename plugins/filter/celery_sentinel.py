@@ -588,7 +588,8 @@ def sentinel_errors(
 
 def celery_sentinel_node_errors(hv: Mapping[str, Any], host: str) -> list[str]:
     """Ansible entry point of the redis role's preflight: the rules one node's settings say
-    alone, when redis_nodes holds more than one node; it is one of them."""
+    alone when redis_nodes holds more than one node (it is one of them); on a single broker,
+    only that it waits for no replica (min-replicas-to-write)."""
     nodes = _nodes(hv, [host])
     if len(nodes) < 2:
         return once(_min_replicas_errors(host, hv, 1))
