@@ -4,7 +4,6 @@ import contextlib
 import copy
 import importlib.util
 import io
-import sys
 import tarfile
 from pathlib import Path
 
@@ -144,13 +143,17 @@ def test_ansible_entry_point_reads_the_layout_from_each_hosts_settings():
     assert celery_app_report_errors(REPORT, ["vm1"], fleet(hostvars)) == []
 
 
-@pytest.fixture(scope="module")
-def reference_report():
-    spec = importlib.util.spec_from_file_location(
-        "inspect_app", ROOT / "roles/celery_app/files/inspect_app.py"
-    )
+def role_file(name: str):
+    """roles/celery_app/files/<name>.py loaded as a module (it puts its folder on sys.path)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / f"roles/celery_app/files/{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def reference_report():
+    module = role_file("inspect_app")
     from refapp import app
 
     return module.report(app)
@@ -251,18 +254,6 @@ def test_broker_client_that_does_not_load():
     ]
 
 
-def _report_app():
-    path = ROOT / "roles/celery_app/files/report_app.py"
-    spec = importlib.util.spec_from_file_location("report_app", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(path.parent))
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(path.parent))
-    return module
-
-
 def _archive(tmp_path, *members):
     """A tar archive of (name, kind, link target) members: kind 'file', 'dir' or 'sym'."""
     archive = tmp_path / "app.tar"
@@ -285,7 +276,7 @@ def _archive(tmp_path, *members):
 def test_the_apps_archive_extracts_inside_its_folder_only(tmp_path, monkeypatch, filter_known):
     """Debian bookworm's Python (3.11.2) has no tarfile filter: report_app.py checks the same
     rule itself (a controller on bookworm failed with a TypeError traceback before)."""
-    report_app = _report_app()
+    report_app = role_file("report_app")
     if not filter_known:
         monkeypatch.delattr(tarfile, "data_filter", raising=False)
     elif not hasattr(tarfile, "data_filter"):
