@@ -281,10 +281,10 @@ def test_the_apps_archive_extracts_inside_its_folder_only(tmp_path, monkeypatch,
         monkeypatch.delattr(tarfile, "data_filter", raising=False)
     elif not hasattr(tarfile, "data_filter"):
         pytest.skip("this Python's tarfile has no data filter")
-    sound = _archive(
+    with _archive(
         tmp_path, ("shop", "dir", ""), ("shop/a.py", "file", ""), ("shop/b.py", "sym", "a.py")
-    )
-    report_app.extract(sound, tmp_path / "src")
+    ) as sound:
+        report_app.extract(sound, tmp_path / "src")
     assert (tmp_path / "src/shop/b.py").read_text() == "x\n"
     # refused, or (tarfile's filter) made relative: nothing lands or points outside the folder
     out = tmp_path / "work/out"
@@ -293,7 +293,10 @@ def test_the_apps_archive_extracts_inside_its_folder_only(tmp_path, monkeypatch,
     absolute = str(tmp_path / "work/abs.py")
     for bad in [("../evil.py", "file", ""), (absolute, "file", ""), ("shop/l", "sym", "/etc/x")]:
         (tmp_path / "bad").mkdir(exist_ok=True)
-        with contextlib.suppress(SystemExit, tarfile.TarError):
-            report_app.extract(_archive(tmp_path / "bad", bad), out)
+        with (
+            _archive(tmp_path / "bad", bad) as tar,
+            contextlib.suppress(SystemExit, tarfile.TarError),
+        ):
+            report_app.extract(tar, out)
     assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["out"]
     assert not any(p.is_symlink() for p in out.rglob("*")), sorted(out.rglob("*"))
