@@ -531,6 +531,57 @@ def test_without_the_launchers_options_a_sentinel_url_does_not_start(fleet, tmp_
     assert "'master_name' transport option must be specified" in proc.stdout + proc.stderr
 
 
+# Flower 2.2's own client for its Broker page and /api/queues/length (flower.utils.broker
+# .RedisSentinel): a Sentinel of the first part of the URL only, asked once.
+FLOWERS_CLIENT = """
+import os, sys
+import celery_launch
+if sys.argv[2] == "launcher":
+    celery_launch.configure(os.environ)
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from redis.sentinel import Sentinel
+once = {"socket_connect_timeout": 1, "socket_timeout": 1, "retry": Retry(NoBackoff(), 0)}
+sentinel = Sentinel([("127.0.0.1", int(sys.argv[1]))], username="app",
+                    password=os.environ["APP_PASSWORD"],
+                    sentinel_kwargs={"password": os.environ["SENTINEL_PASSWORD"], **once}, **once)
+try:
+    print(sentinel.master_for(os.environ["MASTER"]).llen("nothing"))
+except Exception as exc:
+    print(type(exc).__name__)
+"""
+
+
+def test_flowers_client_of_the_first_sentinel_finds_the_primary_while_that_sentinel_is_down(
+    fleet, tmp_path
+):
+    """With the first sentinel's VM lost, Flower's queue lengths still come (the launcher gives
+    a client of one of the URL's sentinels the others after it); without it, they do not."""
+    first = fleet.sentinels[0]
+    fleet.procs[first].terminate()
+    fleet.procs[first].wait(10)
+    env = {
+        **fleet.env(tmp_path / "ledger", tmp_path),
+        "APP_PASSWORD": APP_PASSWORD,
+        "SENTINEL_PASSWORD": SENTINEL_PASSWORD,
+        "MASTER": MASTER,
+    }
+    said = {
+        how: subprocess.run(
+            [sys.executable, "-c", FLOWERS_CLIENT, str(first), how],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        for how in ("launcher", "without")
+    }
+    assert said["launcher"].stdout.split() == ["0"], (
+        said["launcher"].stdout + said["launcher"].stderr
+    )
+    assert said["without"].stdout.split() == ["MasterNotFoundError"], said["without"]
+
+
 @pytest.mark.parametrize("value", ["{not json", '["master_name"]'])
 def test_options_that_are_not_a_json_object_are_refused_naming_the_variable(value):
     env = {**os.environ, "CELERY_TOOLKIT_BROKER_TRANSPORT_OPTIONS": value}

@@ -232,6 +232,22 @@ def test_losing_the_primarys_vm_promotes_a_replica_within_30_s():
     # the writer went on through the sentinels: its longest wait is the failover's
     assert figures["longest_gap_s"] < 30
     assert cli(new, "GET", f"probe-{RUN}") == ["x"], "a write replicated before the loss is gone"
+    # the lost VM held the first sentinel of the app's URLs, the one Flower's Broker page asks
+    assert wait_for(lambda: flower_queues()[0] >= {"high", "default", "low"}, 30), flower_queues()
+
+
+def flower_queues() -> tuple[set[str], str]:
+    """The queues Flower's /api/queues/length counts (its own Redis client, not kombu's), and
+    what it said."""
+    proc = subprocess.run(
+        ["docker", "exec", "sentinel-worker-1", "curl", "-s", "--max-time", "20", "-u",
+         "admin:sentinel-scenario-flower-password", "http://127.0.0.1:5555/api/queues/length"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    try:
+        return {queue["name"] for queue in json.loads(proc.stdout)["active_queues"]}, proc.stdout
+    except (ValueError, KeyError, TypeError):
+        return set(), proc.stdout[-500:] + proc.stderr[-500:]
 
 
 def test_the_lost_vm_comes_back_as_a_replica_of_the_new_primary():

@@ -32,6 +32,7 @@ import logging
 import os
 import sys
 from time import sleep, time
+from urllib.parse import urlsplit
 
 
 def allow_oom(body: str) -> str:
@@ -485,6 +486,7 @@ def configure(environ=os.environ) -> None:
         return
     if any("master_name" in options for options in extra.values()):
         sentinel_clients(extra)
+        every_sentinel(environ)
     from celery.app import base
 
     original = base.Celery._load_config
@@ -569,6 +571,50 @@ def sentinel_clients(extra: dict[str, dict]) -> None:
 PUBLISH_WAIT_REPLICAS = 1
 PUBLISH_WAIT_MS = 500
 _wait_refused: list[str] = []
+
+
+def sentinels_named(environ) -> list[tuple[str, int]]:
+    """The sentinels the app's URLs name (sentinel://USER:PASSWORD@HOST:PORT/DB;...), in order."""
+    found = []
+    for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
+        for part in environ.get(name, "").split(";"):
+            scheme, _, rest = part.strip().partition("://")
+            if scheme != "sentinel":
+                continue
+            # what follows the last @ (a password may hold @ and /, percent-encoded or not)
+            try:
+                url = urlsplit("//" + rest.rpartition("@")[2].partition("/")[0])
+                pair = (url.hostname, url.port or 26379)
+            except ValueError:  # not a port: kombu says so
+                continue
+            if pair[0] and pair not in found:
+                found.append(pair)
+    return found
+
+
+def every_sentinel(environ) -> None:
+    """A redis-py Sentinel client given one of the sentinels the app's URLs name is given the
+    others after it. Flower (2.2) builds its own client for its Broker page and
+    /api/queues/length from the first part of the URL only (flower.utils.broker.RedisSentinel):
+    with that sentinel's VM lost, it showed no queue. kombu gives its clients every sentinel
+    already; any other list is left as it is."""
+    known = sentinels_named(environ)
+    if len(known) < 2:
+        return
+    from redis import sentinel
+
+    init = sentinel.Sentinel.__init__
+    if getattr(init, "celery_toolkit_sentinels", False):
+        return
+
+    def __init__(self, sentinels, *args, **kwargs):
+        given = [(str(host).lower(), int(port)) for host, port in sentinels]
+        if len(given) == 1 and given[0] in known:
+            sentinels = given + [pair for pair in known if pair != given[0]]
+        init(self, sentinels, *args, **kwargs)
+
+    __init__.celery_toolkit_sentinels = True
+    sentinel.Sentinel.__init__ = __init__
 
 
 def _put_on_a_replica(put):
