@@ -593,20 +593,23 @@ def sentinels_named(environ) -> list[tuple[str, int]]:
 
 
 def every_sentinel(environ) -> None:
-    """A redis-py Sentinel client given one of the sentinels the app's URLs name is given the
-    others after it. Flower (2.2) builds its own client for its Broker page and
-    /api/queues/length from the first part of the URL only (flower.utils.broker.RedisSentinel):
-    with that sentinel's VM lost, it showed no queue. kombu gives its clients every sentinel
-    already; any other list is left as it is."""
+    """A redis-py Sentinel client (blocking or asyncio) given one of the sentinels the app's URLs
+    name is given the others after it. Flower (2.2) builds its own asyncio client for its Broker
+    page and /api/queues/length from the first part of the URL only (flower.utils.broker
+    .RedisSentinel): with that sentinel's VM lost, it showed no queue (molecule/sentinel).
+    kombu gives its clients every sentinel already; any other list is left as it is."""
     known = sentinels_named(environ)
     if len(known) < 2:
         return
     from redis import sentinel
+    from redis.asyncio import sentinel as asyncio_sentinel  # Flower's
 
-    init = sentinel.Sentinel.__init__
-    if getattr(init, "celery_toolkit_sentinels", False):
-        return
+    for klass in (sentinel.Sentinel, asyncio_sentinel.Sentinel):
+        if not getattr(klass.__init__, "celery_toolkit_sentinels", False):
+            klass.__init__ = _every_sentinel_init(klass.__init__, known)
 
+
+def _every_sentinel_init(init, known: list[tuple[str, int]]):
     def __init__(self, sentinels, *args, **kwargs):
         given = [(str(host).lower(), int(port)) for host, port in sentinels]
         if len(given) == 1 and given[0] in known:
@@ -614,7 +617,7 @@ def every_sentinel(environ) -> None:
         init(self, sentinels, *args, **kwargs)
 
     __init__.celery_toolkit_sentinels = True
-    sentinel.Sentinel.__init__ = __init__
+    return __init__
 
 
 def _put_on_a_replica(put):
