@@ -32,7 +32,6 @@ import logging
 import os
 import sys
 from time import sleep, time
-from urllib.parse import urlsplit
 
 
 def allow_oom(body: str) -> str:
@@ -574,20 +573,19 @@ _wait_refused: list[str] = []
 
 
 def sentinels_named(environ) -> list[tuple[str, int]]:
-    """The sentinels the app's URLs name (sentinel://USER:PASSWORD@HOST:PORT/DB;...), in order."""
+    """The sentinels the app's URLs name (sentinel://USER:PASSWORD@HOST:PORT/DB;...), in order,
+    read with kombu's own URL parser, as its Sentinel transport reads them."""
+    from kombu.utils.url import url_to_parts
+
     found = []
     for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
-        for part in environ.get(name, "").split(";"):
-            scheme, _, rest = part.strip().partition("://")
-            if scheme != "sentinel":
-                continue
-            # what follows the last @ (a password may hold @ and /, percent-encoded or not)
+        for part in filter(None, (p.strip() for p in environ.get(name, "").split(";"))):
             try:
-                url = urlsplit("//" + rest.rpartition("@")[2].partition("/")[0])
+                url = url_to_parts(part)
                 pair = (url.hostname, url.port or 26379)
             except ValueError:  # not a port: kombu says so
                 continue
-            if pair[0] and pair not in found:
+            if url.scheme == "sentinel" and pair[0] and pair not in found:
                 found.append(pair)
     return found
 
